@@ -1,0 +1,15 @@
+"""JupyterHub spawners for servers started remotely through a JupyterHub Outpost."""
+
+from ._version import __version__
+from .errors import HookError, OutpostError, OutpostSpawnError
+from .forward import ForwardBaseSpawner
+from .spawner import OutpostSpawner
+
+__all__ = [
+    "ForwardBaseSpawner",
+    "HookError",
+    "OutpostError",
+    "OutpostSpawnError",
+    "OutpostSpawner",
+    "__version__",
+]

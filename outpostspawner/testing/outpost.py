@@ -1,0 +1,800 @@
+"""A reference JupyterHub Outpost: a real tornado HTTP server that speaks the
+Outpost wire protocol and runs one local service per start request.
+
+Used by tests, the demo and benchmarks::
+
+    async with ReferenceOutpost(start_delay=0.5) as outpost:
+        spawner.request_url = outpost.services_url
+        spawner.request_headers = outpost.basic_auth_header()
+        ...
+        outpost.faults.add(Fault("poll", "status", status=503, count=1))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from tornado import httpserver, web
+from tornado.netutil import bind_sockets
+
+from .faults import Fault, FaultPlan, spawner_error
+
+log = logging.getLogger("outpostspawner.testing")
+
+#: default per-service command: the dummy server, run by file path so it works
+#: whether or not the package is installed
+DEFAULT_COMMAND = [
+    sys.executable,
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "dummy_server.py"),
+]
+#: the only variables of the Outpost's own environment a service inherits
+PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "PYTHONPATH")
+#: how many log lines poll/stop return
+LOG_TAIL_LINES = 100
+_CRASH_COMMAND = [
+    sys.executable,
+    "-c",
+    "import sys; print('injected crash', flush=True); sys.exit(1)",
+]
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path: str, lines: int) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            data = f.read()
+    except OSError:
+        return []
+    return data.decode("utf-8", "replace").splitlines()[-lines:]
+
+
+def _prepare_launch(workdir: str, log_path: str, command: list[str], path: str | None):
+    """Create the work dir, open the log file and resolve the executable (in a thread)."""
+    os.makedirs(workdir, exist_ok=True)
+    cmd = list(command)
+    if os.sep not in cmd[0]:
+        # fall back to the interpreter's bin dir so venv scripts are found without PATH
+        found = shutil.which(cmd[0], path=path) or shutil.which(
+            cmd[0], path=os.path.dirname(sys.executable)
+        )
+        if found:
+            cmd[0] = found
+    return open(log_path, "ab"), cmd  # noqa: SIM115 - closed by the caller
+
+
+@dataclass
+class RecordedRequest:
+    """One request the Outpost received.
+
+    :param method: HTTP method.
+    :param path: URL path without the query.
+    :param query: query arguments (last value of each).
+    :param headers: request headers; ``Authorization`` is redacted to ``Basic ***``.
+    :param json: the parsed JSON body, ``None`` if there was none or it was not JSON.
+    :param time: ``time.time()`` when it arrived.
+    """
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    json: Any
+    time: float
+
+    @property
+    def body(self) -> Any:
+        """The parsed JSON body (same as :attr:`json`)."""
+        return self.json
+
+
+@dataclass(eq=False)
+class ServiceRecord:
+    """One service started for a Hub, kept in ``ReferenceOutpost.services[(hub, name)]``.
+
+    :param hub: Hub name (from the Basic credentials).
+    :param name: service name from the start body.
+    :param start_id: ``user_options["start_id"]`` from the start body.
+    :param body: the start body as received.
+    :param host: host the service listens on (the Outpost's ``service_host``).
+    :param port: port the service listens on.
+    :param env: the environment the service was started with.
+    :param log_path: the service's stdout/stderr file (process backend).
+    :param process: the service process (process backend).
+    :param server: the service's HTTP server (inprocess backend).
+    :param logs: the log lines last read.
+    :param ready: the start finished successfully (its delay is over).
+    :param error: the 419 body if the start failed.
+    :param exit_status: exit code of a service without a process.
+    :param start_task: the task running the start.
+    """
+
+    hub: str
+    name: str
+    start_id: str
+    body: dict[str, Any]
+    host: str
+    port: int
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    log_path: str | None = None
+    process: asyncio.subprocess.Process | None = field(default=None, repr=False)
+    server: httpserver.HTTPServer | None = field(default=None, repr=False)
+    logs: list[str] = field(default_factory=list, repr=False)
+    ready: bool = False
+    error: dict[str, Any] | None = None
+    exit_status: int | None = None
+    start_task: asyncio.Task | None = field(default=None, repr=False)
+    created: float = field(default_factory=time.time)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the service."""
+        return _host_port(self.host, self.port)
+
+    @property
+    def pid(self) -> int | None:
+        """Process id (process backend), else ``None``."""
+        return self.process.pid if self.process else None
+
+    @property
+    def status(self) -> int | None:
+        """``None`` while running, else the exit code."""
+        if self.process is not None:
+            return self.process.returncode
+        return self.exit_status
+
+
+def _validate_start_body(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """Check a start body; returns ``(body, "")`` or ``(None, error)``."""
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError as e:
+        return None, f"invalid JSON body: {e}"
+    if not isinstance(body, dict):
+        return None, "body must be a JSON object"
+    name = body.get("name")
+    if not isinstance(name, str) or not name or "/" in name:
+        return None, "'name' must be a non-empty string without '/'"
+    for key in ("env", "user_options", "misc", "certs", "internal_trust_bundles", "authentication"):
+        if body.get(key) is not None and not isinstance(body[key], dict):
+            return None, f"{key!r} must be a JSON object"
+    env = body.get("env") or {}
+    for k, v in env.items():
+        if not k or "=" in k or "\0" in k:
+            return None, f"invalid env name {k!r}"
+        if isinstance(v, dict | list) or v is None or "\0" in str(v):
+            return None, f"env {k!r} must be a string"
+    start_id = (body.get("user_options") or {}).get("start_id")
+    if isinstance(start_id, bool) or not isinstance(start_id, str | int) or start_id == "":
+        return None, "'user_options.start_id' must be a non-empty string"
+    if "/" in str(start_id):
+        return None, "'user_options.start_id' must not contain '/'"
+    return body, ""
+
+
+class _Handler(web.RequestHandler):
+    """Base: records requests, checks auth, applies faults, answers JSON."""
+
+    def initialize(self, outpost: ReferenceOutpost) -> None:
+        self.outpost = outpost
+        self.crash = False
+        self._closed = asyncio.Event()
+
+    def prepare(self) -> None:
+        try:
+            body = json.loads(self.request.body) if self.request.body else None
+        except ValueError:
+            body = None
+        headers = {}
+        for k, v in self.request.headers.get_all():
+            if k.lower() == "authorization":
+                v = "Basic ***" if v.lower().startswith("basic ") else "***"
+            headers[k] = v
+        query = {
+            k: v[-1].decode("utf-8", "replace") for k, v in self.request.query_arguments.items()
+        }
+        self.outpost.requests.append(
+            RecordedRequest(
+                self.request.method or "", self.request.path, query, headers, body, time.time()
+            )
+        )
+
+    def on_connection_close(self) -> None:
+        self._closed.set()
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+
+    def compute_etag(self) -> None:
+        return None
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.finish(json.dumps({"error": self._reason}))
+
+    def send_json(self, status: int, data: Any) -> None:
+        self.send(status, json.dumps(data).encode())
+
+    def send(self, status: int, payload: bytes) -> None:
+        if self._finished:
+            return
+        if self._closed.is_set():  # the client went away: nothing to answer
+            self.drop()
+            return
+        self.set_status(status, reason="Spawner Error" if status == 419 else None)
+        self.finish(payload)
+
+    def drop(self) -> None:
+        """Close the connection without an answer."""
+        stream = self.request.connection.stream  # type: ignore[attr-defined]
+        stream.close()
+        self._finished = True  # nothing may be written any more
+
+    @property
+    def collect_logs(self) -> bool:
+        return self.get_query_argument("collect_logs", "false").lower() in ("true", "1", "yes")
+
+    @property
+    def is_async(self) -> bool:
+        return self.request.headers.get("execution-type", "").lower() == "async"
+
+    def authenticate(self) -> str | None:
+        """The Hub name from valid Basic credentials; else answers 401 and returns None."""
+        scheme, _, value = self.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+            except (binascii.Error, ValueError):
+                decoded = ""
+            hub, sep, password = decoded.partition(":")
+            expected = self.outpost.credentials.get(hub)
+            if (
+                sep
+                and expected is not None
+                and hmac.compare_digest(password.encode(), expected.encode())
+            ):
+                return hub
+        self.set_header("WWW-Authenticate", 'Basic realm="outpost"')
+        self.send_json(401, {"error": "unauthorized"})
+        return None
+
+    async def wait_abortable(self, seconds: float) -> bool:
+        """Sleep; returns False early if the client goes away or the Outpost stops."""
+        waiters = [
+            asyncio.ensure_future(self._closed.wait()),
+            asyncio.ensure_future(self.outpost._stopping.wait()),
+        ]
+        try:
+            done, _ = await asyncio.wait(
+                waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return not done
+
+    async def apply_fault(self, action: str, name: str | None = None) -> bool:
+        """Apply the matching fault, if any; True if the request is answered by it."""
+        fault = self.outpost.faults.take(action, name)
+        if fault is None:
+            return False
+        log.info(
+            "outpost: injecting fault %s for %s %s",
+            fault.kind,
+            self.request.method,
+            self.request.path,
+        )
+        if fault.kind == "delay":
+            if not await self.wait_abortable(fault.delay):
+                self.drop()
+                return True
+            return False
+        if fault.kind == "crash":
+            self.crash = True
+            return False
+        if fault.kind == "hang":
+            await self.wait_abortable(self.outpost.hang_timeout)
+            self.drop()
+        elif fault.kind == "drop":
+            self.drop()
+        else:
+            self.send(*fault.response())
+        return True
+
+    async def begin(self, action: str, name: str | None = None, auth: bool = True) -> str | None:
+        """Authenticate and apply faults; the Hub name if the request goes on."""
+        hub = self.authenticate() if auth else ""
+        if hub is None or await self.apply_fault(action, name):
+            return None
+        return hub
+
+
+class _PingHandler(_Handler):
+    async def get(self) -> None:
+        if await self.begin("other", auth=False) is not None:
+            self.send_json(200, {"status": "ok"})
+
+
+class _FlavorsHandler(_Handler):
+    async def get(self) -> None:
+        if await self.begin("other") is not None:
+            self.send_json(200, {})
+
+    async def post(self) -> None:
+        await self.get()
+
+
+class _ServicesHandler(_Handler):
+    async def get(self) -> None:
+        hub = await self.begin("list")
+        if hub is None:
+            return
+        self.send_json(
+            200,
+            [
+                {
+                    "name": r.name,
+                    "start_id": r.start_id,
+                    "service": r.address if r.ready else "",
+                    "status": r.status,
+                }
+                for (h, _), r in list(self.outpost.services.items())
+                if h == hub
+            ],
+        )
+
+    async def post(self) -> None:
+        hub = self.authenticate()
+        if hub is None:
+            return
+        body, error = _validate_start_body(self.request.body)
+        if body is None:
+            self.send_json(400, {"error": error})
+            return
+        if await self.apply_fault("start", body["name"]):
+            return
+        if self.outpost._stopping.is_set():
+            self.send_json(503, {"error": "the outpost is stopping"})
+            return
+        record = await self.outpost._start_service(hub, body, crash=self.crash)
+        if self.is_async:
+            self.send_json(202, {"service": ""})
+            return
+        task = record.start_task
+        assert task is not None
+        await asyncio.wait({task}, timeout=self.outpost.start_delay + 60)
+        if not task.done():
+            self.send_json(419, spawner_error("start timed out", cls="TimeoutError"))
+        elif task.cancelled():
+            self.send_json(
+                419,
+                spawner_error(
+                    "start cancelled by a stop request", cls="CancelledError", module="asyncio"
+                ),
+            )
+        elif record.error:
+            self.send_json(419, record.error)
+        else:
+            self.send_json(200, {"service": record.address})
+
+
+class _ServiceHandler(_Handler):
+    def _find(self, hub: str, name: str, start_id: str) -> ServiceRecord | None:
+        record = self.outpost.services.get((hub, name))
+        if record is None or record.start_id != start_id:
+            self.send_json(404, {"error": f"no service {name!r} with start_id {start_id!r}"})
+            return None
+        return record
+
+    async def get(self, name: str, start_id: str) -> None:
+        hub = await self.begin("poll", name)
+        record = self._find(hub, name, start_id) if hub is not None else None
+        if record is not None:
+            logs = await self.outpost._collect_logs(record) if self.collect_logs else []
+            self.send_json(200, {"status": record.status, "logs": logs})
+
+    async def delete(self, name: str, start_id: str) -> None:
+        hub = await self.begin("stop", name)
+        record = self._find(hub, name, start_id) if hub is not None else None
+        if record is None:
+            return
+        self.outpost.services.pop((hub, name), None)
+        if self.is_async:
+            self.outpost._spawn(self.outpost._teardown(record), f"stop-{name}")
+            self.send_json(202, {})
+            return
+        await self.outpost._teardown(record)
+        logs = await self.outpost._collect_logs(record) if self.collect_logs else []
+        self.send_json(200, {"logs": logs})
+
+
+class _FaultsHandler(_Handler):
+    def _answer(self) -> None:
+        self.send_json(200, {"faults": [f.to_dict() for f in self.outpost.faults]})
+
+    def get(self) -> None:
+        if self.authenticate() is not None:
+            self._answer()
+
+    def post(self) -> None:
+        if self.authenticate() is None:
+            return
+        try:
+            data = json.loads(self.request.body or b"null")
+            faults = [Fault.from_dict(d) for d in (data if isinstance(data, list) else [data])]
+        except (ValueError, TypeError) as e:
+            self.send_json(400, {"error": f"invalid faults: {e}"})
+            return
+        for fault in faults:
+            self.outpost.faults.add(fault)
+        self._answer()
+
+    def delete(self) -> None:
+        if self.authenticate() is not None:
+            self.outpost.faults.clear()
+            self._answer()
+
+
+class _NotFoundHandler(_Handler):
+    def prepare(self) -> None:
+        super().prepare()
+        self.send_json(404, {"error": "not found"})
+
+
+def _log_request(handler: web.RequestHandler) -> None:
+    log.debug(
+        "outpost: %s %s %s %.1fms",
+        handler.get_status(),
+        handler.request.method,
+        handler.request.path,
+        1000 * handler.request.request_time(),
+    )
+
+
+class ReferenceOutpost:
+    """A JupyterHub Outpost that runs services locally.
+
+    :param credentials: Hub name -> password for HTTP Basic auth; default ``{"hub": "secret"}``.
+    :param command: command run per service (process backend); default the dummy server.
+        A bare executable name is looked up on PATH, then next to ``sys.executable``.
+    :param backend: ``"process"`` (one OS process per service) or ``"inprocess"``
+        (a tornado HTTP server on its own port inside this process).
+    :param host: address to listen on.
+    :param port: port to listen on; 0 picks a free one (see :attr:`port` after start).
+    :param start_delay: seconds a start takes before it is answered (or, for async
+        starts, before the service counts as ready).
+    :param service_host: host reported in the ``service`` answer and bound by services.
+    :param log_file_dir: directory for per-service work dirs and log files; a temporary
+        directory (removed on stop) if not given.
+    """
+
+    def __init__(
+        self,
+        *,
+        credentials: dict[str, str] | None = None,
+        command: list[str] | None = None,
+        backend: str = "process",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        start_delay: float = 0.0,
+        service_host: str = "127.0.0.1",
+        log_file_dir: str | None = None,
+    ) -> None:
+        if backend not in ("process", "inprocess"):
+            raise ValueError(f"backend must be 'process' or 'inprocess', not {backend!r}")
+        if command is not None and not command:
+            raise ValueError("command must not be empty")
+        self.credentials = dict(credentials) if credentials is not None else {"hub": "secret"}
+        self.command = list(command) if command else list(DEFAULT_COMMAND)
+        self.backend = backend
+        self.host = host
+        self.port = port
+        self.start_delay = float(start_delay)
+        self.service_host = service_host
+        self.log_file_dir = log_file_dir
+        #: seconds between SIGTERM and SIGKILL when stopping a service
+        self.stop_timeout = 5.0
+        #: upper bound for a "hang" fault
+        self.hang_timeout = 3600.0
+        self.requests: list[RecordedRequest] = []
+        self.services: dict[tuple[str, str], ServiceRecord] = {}
+        self.faults = FaultPlan()
+        self._server: httpserver.HTTPServer | None = None
+        self._stopping = asyncio.Event()
+        self._stopped = False
+        self._tasks: set[asyncio.Task] = set()
+        self._workdir: str | None = None
+        self._own_workdir = False
+        self._seq = 0
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8090``."""
+        return f"http://{_host_port(self.host, self.port)}"
+
+    @property
+    def services_url(self) -> str:
+        """The services collection URL (the spawner's ``request_url``)."""
+        return self.url + "/services"
+
+    @staticmethod
+    def basic_auth_header(hub: str = "hub", password: str = "secret") -> dict[str, str]:
+        """``{"Authorization": "Basic ..."}`` for a Hub's credentials.
+
+        :param hub: Hub name.
+        :param password: its password.
+        """
+        token = base64.b64encode(f"{hub}:{password}".encode()).decode("ascii")
+        return {"Authorization": f"Basic {token}"}
+
+    def get_service(self, name: str, hub: str = "hub") -> ServiceRecord | None:
+        """The record of a Hub's service, if it exists.
+
+        :param name: service name.
+        :param hub: Hub name.
+        """
+        return self.services.get((hub, name))
+
+    async def start(self) -> None:
+        """Start listening."""
+        if self._server is not None:
+            raise RuntimeError("outpost already started")
+        if self.log_file_dir:
+            self._workdir = self.log_file_dir
+            await asyncio.to_thread(os.makedirs, self._workdir, exist_ok=True)
+        else:
+            self._workdir = await asyncio.to_thread(tempfile.mkdtemp, prefix="outpost-")
+            self._own_workdir = True
+        args = {"outpost": self}
+        app = web.Application(
+            [
+                (r"/ping/?", _PingHandler, args),
+                (r"/flavors/?", _FlavorsHandler, args),
+                (r"/userflavors/?", _FlavorsHandler, args),
+                (r"/services/?", _ServicesHandler, args),
+                (r"/services/([^/]+)/([^/]+)/?", _ServiceHandler, args),
+                (r"/_faults/?", _FaultsHandler, args),
+            ],
+            default_handler_class=_NotFoundHandler,
+            default_handler_args=args,
+            log_function=_log_request,
+        )
+        sockets = bind_sockets(self.port, self.host)
+        self.port = sockets[0].getsockname()[1]
+        self._server = httpserver.HTTPServer(app)
+        self._server.add_sockets(sockets)
+        log.info("outpost: listening on %s (backend %s)", self.services_url, self.backend)
+
+    async def stop(self) -> None:
+        """Stop listening and terminate every service; safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stopping.set()
+        if self._server is not None:
+            self._server.stop()
+        # twice: a start that was already past its checks may add a service meanwhile
+        for _ in range(2):
+            records = list(self.services.values())
+            self.services.clear()
+            await asyncio.gather(*(self._teardown(r) for r in records))
+            pending = [t for t in self._tasks if not t.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=self.stop_timeout + 10)
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.close_all_connections(), timeout=5)
+            except asyncio.TimeoutError:
+                log.warning("outpost: connections still open after stop")
+        if self._own_workdir and self._workdir:
+            await asyncio.to_thread(shutil.rmtree, self._workdir, ignore_errors=True)
+        log.info("outpost: stopped")
+
+    async def __aenter__(self) -> ReferenceOutpost:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _service_env(self, env: dict[str, Any], port: int) -> dict[str, str]:
+        """The spawner's env plus PATH/HOME/LANG/PYTHONPATH, service URL rewritten."""
+        child = {k: str(v) for k, v in env.items()}
+        for key in PASSTHROUGH_ENV:
+            if key in os.environ:
+                child.setdefault(key, os.environ[key])
+        url = child.get("JUPYTERHUB_SERVICE_URL")
+        path = urlsplit(url).path if url else child.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+        child["JUPYTERHUB_SERVICE_URL"] = (
+            f"http://{_host_port(self.service_host, port)}{path or '/'}"
+        )
+        return child
+
+    async def _start_service(self, hub: str, body: dict[str, Any], crash: bool) -> ServiceRecord:
+        """Replace any service with the same key and begin starting a new one."""
+        key = (hub, body["name"])
+        while (old := self.services.pop(key, None)) is not None:
+            log.info("outpost: replacing service %s of hub %s", key[1], hub)
+            await self._teardown(old)
+        sockets = []
+        if self.backend == "inprocess":
+            sockets = bind_sockets(0, self.service_host)
+            port = sockets[0].getsockname()[1]
+        else:
+            port = _free_port(self.service_host)
+        env = self._service_env(body.get("env") or {}, port)
+        start_id = str(body["user_options"]["start_id"])
+        record = ServiceRecord(hub, body["name"], start_id, body, self.service_host, port, env=env)
+        if sockets:
+            if crash:
+                for sock in sockets:
+                    sock.close()
+                record.exit_status = 1
+                record.logs = ["injected crash"]
+            else:
+                from .dummy_server import make_app  # not at the top: `-m dummy_server` stays clean
+
+                path = urlsplit(env["JUPYTERHUB_SERVICE_URL"]).path
+                record.server = httpserver.HTTPServer(make_app(path, env.get("JUPYTERHUB_USER")))
+                record.server.add_sockets(sockets)
+                record.logs = [f"inprocess service listening on {record.address}"]
+        self.services[key] = record
+        record.start_task = self._spawn(self._run_start(record, crash), f"start-{record.name}")
+        log.info("outpost: starting service %s of hub %s on %s", record.name, hub, record.address)
+        return record
+
+    async def _run_start(self, record: ServiceRecord, crash: bool) -> None:
+        """Launch (process backend) and wait ``start_delay``, watching for an early exit."""
+        proc = None
+        try:
+            if self.backend == "process":
+                proc = await self._launch(record, crash)
+                if proc is None:
+                    return
+            if crash:
+                if proc is not None:
+                    await asyncio.wait_for(proc.wait(), timeout=10)
+            elif proc is not None:
+                try:
+                    await asyncio.wait_for(proc.wait(), timeout=self.start_delay)
+                except asyncio.TimeoutError:
+                    pass
+                if proc.returncode is not None:
+                    logs = await self._collect_logs(record)
+                    msg = f"service process exited with status {proc.returncode} during start"
+                    record.error = spawner_error(msg, tb="\n".join([*logs, msg]))
+                    log.warning("outpost: %s (service %s)", msg, record.name)
+                    return
+            else:
+                await asyncio.sleep(self.start_delay)
+            record.ready = True
+        except asyncio.CancelledError:
+            log.info("outpost: start of service %s cancelled", record.name)
+            if proc is not None:
+                await self._terminate(proc)
+            raise
+        except Exception as e:
+            log.exception("outpost: start of service %s failed", record.name)
+            record.error = spawner_error(str(e), cls=type(e).__name__, tb=traceback.format_exc())
+            if proc is None and record.exit_status is None:
+                record.exit_status = 1
+
+    async def _launch(
+        self, record: ServiceRecord, crash: bool
+    ) -> asyncio.subprocess.Process | None:
+        """Start the service process; on failure set ``error`` and return None."""
+        self._seq += 1
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{record.hub}-{record.name}")
+        workdir = os.path.join(self._workdir or tempfile.gettempdir(), f"{self._seq:04d}-{safe}")
+        record.log_path = os.path.join(workdir, "service.log")
+        command = _CRASH_COMMAND if crash else self.command
+        try:
+            logf, cmd = await asyncio.to_thread(
+                _prepare_launch, workdir, record.log_path, command, record.env.get("PATH")
+            )
+            try:
+                record.process = await asyncio.create_subprocess_exec(
+                    *cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    env=record.env,
+                    cwd=workdir,
+                    start_new_session=True,
+                )
+            finally:
+                logf.close()
+        except OSError as e:
+            log.warning("outpost: cannot launch service %s: %s", record.name, e)
+            record.exit_status = 127
+            record.logs = [f"cannot launch {command[0]}: {e}"]
+            record.error = spawner_error(str(e), cls=type(e).__name__, tb=traceback.format_exc())
+            return None
+        log.info("outpost: service %s runs as pid %s", record.name, record.process.pid)
+        return record.process
+
+    @staticmethod
+    def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM the service's process group, SIGKILL after ``stop_timeout``."""
+        if proc.returncode is not None:
+            return
+        self._signal(proc, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=self.stop_timeout)
+            return
+        except asyncio.TimeoutError:
+            log.warning("outpost: pid %s ignored SIGTERM, sending SIGKILL", proc.pid)
+        self._signal(proc, signal.SIGKILL)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=5)
+        except asyncio.TimeoutError:
+            log.error("outpost: pid %s did not exit after SIGKILL", proc.pid)
+
+    async def _teardown(self, record: ServiceRecord) -> None:
+        """Cancel a pending start and stop the service (record already removed)."""
+        task = record.start_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=self.stop_timeout + 10)
+        if record.process is not None:
+            await self._terminate(record.process)
+        if record.server is not None:
+            record.server.stop()
+            try:
+                await asyncio.wait_for(record.server.close_all_connections(), timeout=2)
+            except asyncio.TimeoutError:
+                log.warning("outpost: inprocess service %s kept connections open", record.name)
+            record.server = None
+            record.exit_status = 0
+        log.info("outpost: service %s of hub %s stopped", record.name, record.hub)
+
+    async def _collect_logs(self, record: ServiceRecord) -> list[str]:
+        """The last lines of the service's log (read in a thread)."""
+        if record.log_path:
+            lines = await asyncio.to_thread(_tail, record.log_path, LOG_TAIL_LINES)
+            if lines or not record.logs:
+                record.logs = lines
+        return list(record.logs)

@@ -1,0 +1,42 @@
+"""pytest fixtures for testing an OutpostSpawner configuration.
+
+Installed as a pytest plugin with the package. Example::
+
+    async def test_my_hooks(reference_outpost, outpost_spawner_factory):
+        spawner = outpost_spawner_factory(config=my_config, user_options={"system": "A"})
+        url = await spawner.start()
+        body = reference_outpost.requests[-1].body
+        assert body["env"]["JUPYTERHUB_STAGE"] == "prod"
+        await spawner.stop()
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .outpost import ReferenceOutpost
+from .spawner import make_spawner
+
+
+@pytest.fixture
+async def reference_outpost():
+    """A running reference Outpost (credentials ``hub``/``secret``); stopped, with
+    every service it started, after the test."""
+    async with ReferenceOutpost() as outpost:
+        yield outpost
+
+
+@pytest.fixture
+def outpost_spawner_factory(reference_outpost):
+    """A function building spawners that talk to ``reference_outpost``.
+
+    Takes the arguments of :func:`outpostspawner.testing.spawner.make_spawner`;
+    ``request_url`` and ``request_headers`` default to the reference Outpost's.
+    """
+
+    def factory(**kwargs):
+        kwargs.setdefault("request_url", reference_outpost.services_url)
+        kwargs.setdefault("request_headers", ReferenceOutpost.basic_auth_header())
+        return make_spawner(**kwargs)
+
+    return factory
