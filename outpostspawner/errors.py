@@ -28,6 +28,9 @@ class OutpostSpawnError(_Base):
     :param status_code: HTTP status used when the failure answers a request
     """
 
+    # a plain attribute (tornado's HTTPError makes it a read-only property)
+    log_message = ""
+
     def __init__(
         self,
         message: str,
@@ -53,7 +56,7 @@ class OutpostSpawnError(_Base):
         else:
             # tornado's HTTPError formats log_message with % args: keep it literal
             super().__init__(status_code, "%s", self.log_message, reason=reason)
-            self.reason = reason
+            self.log_message = log_message or message
         self.args = (message,)
 
     def __str__(self) -> str:

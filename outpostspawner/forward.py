@@ -314,12 +314,15 @@ class ForwardBaseSpawner(ForwardTraits, Spawner):
                 )
             except asyncio.TimeoutError:
                 pass
-        return self._address.result()
+        address, requested = self._address.result()
+        return address, tunnel if requested is None else requested
 
-    def receive_service_address(self, value: str, *, tunnel: bool = True) -> None:
+    def receive_service_address(self, value: str, *, tunnel: bool | None = None) -> None:
         """Report the address of a server whose start is waiting for it (the
-        delayed-tunnel callback calls this).
+        setuptunnel callback calls this).
 
+        :param value: ``host:port``, validated here
+        :param tunnel: whether to forward to it; ``None``: as ``ssh_during_startup``
         :raises ValueError: if the address is invalid or no start is waiting
         """
         address = parse_service_address(value)

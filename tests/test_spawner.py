@@ -1,6 +1,7 @@
 """OutpostSpawner against the reference Outpost: request bodies, hooks, errors, state."""
 
 import asyncio
+import json
 import os
 
 import pytest
@@ -287,13 +288,37 @@ async def test_cancel_while_pending(outpost_spawner_factory, reference_outpost):
 
 
 async def test_async_start_waits_for_the_address(outpost_spawner_factory, reference_outpost):
+    """The Outpost answers 202 at once and reports the address later through the
+    setuptunnel URL, with the server's token."""
+    from tornado import httpserver, netutil, web
+
+    received = []
+
+    class SetupTunnel(web.RequestHandler):
+        def post(self, user):
+            received.append((user, self.request.headers["Authorization"]))
+            spawner.receive_service_address(json.loads(self.request.body)["service"])
+            self.set_status(202)
+
+    sockets = netutil.bind_sockets(0, "127.0.0.1")
+    server = httpserver.HTTPServer(
+        web.Application([(r"/hub/api/users/setuptunnel/(.*)", SetupTunnel)])
+    )
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
     reference_outpost.start_delay = 0.3
-    spawner = outpost_spawner_factory(start_async=True, async_start_poll_interval=0.1)
-    url = await asyncio.wait_for(spawner.start(), timeout=10)
+    spawner = outpost_spawner_factory(
+        start_async=True, public_api_url=f"http://127.0.0.1:{port}/hub/api"
+    )
+    try:
+        url = await asyncio.wait_for(spawner.start(), timeout=10)
+    finally:
+        server.stop()
     post = service_requests(reference_outpost, "POST")[0]
     assert header(post, "execution-type") == "async"
     record = reference_outpost.get_service(spawner.outpost_name)
     assert url == f"http://{record.address}"
+    assert received == [("alice", f"token {spawner.api_token}")]
     await spawner.stop()
 
 
@@ -557,8 +582,6 @@ async def test_connections_are_reused(outpost_spawner_factory, reference_outpost
     await spawner.start()
     for _ in range(5):
         assert await spawner.poll() is None
-    peers = {r.headers.get("X-Peer") for r in service_requests(reference_outpost, "GET")}
+    peers = {r.peer for r in service_requests(reference_outpost, "GET")}
     await spawner.stop()
-    if None in peers:
-        pytest.skip("the reference Outpost does not record peers")
-    assert len(peers) == 1
+    assert len(peers) == 1 and "" not in peers

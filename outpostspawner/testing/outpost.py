@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from tornado import httpserver, web
+from tornado import httpserver, httputil, web
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.netutil import bind_sockets
 
 from .faults import Fault, FaultPlan, spawner_error
@@ -58,6 +59,13 @@ _CRASH_COMMAND = [
 
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _peer(request: httputil.HTTPServerRequest) -> str:
+    address = getattr(request.connection.context, "address", None)
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return ""
 
 
 def _free_port(host: str) -> int:
@@ -110,6 +118,8 @@ class RecordedRequest:
     headers: dict[str, str]
     json: Any
     time: float
+    #: the client's ``host:port``: one value for many requests means a kept-alive connection
+    peer: str = ""
 
     @property
     def body(self) -> Any:
@@ -153,6 +163,9 @@ class ServiceRecord:
     error: dict[str, Any] | None = None
     exit_status: int | None = None
     start_task: asyncio.Task | None = field(default=None, repr=False)
+    async_start: bool = False
+    #: HTTP status of the setuptunnel callback after an async start, if one was made
+    address_reported: int | None = None
     created: float = field(default_factory=time.time)
 
     @property
@@ -224,7 +237,13 @@ class _Handler(web.RequestHandler):
         }
         self.outpost.requests.append(
             RecordedRequest(
-                self.request.method or "", self.request.path, query, headers, body, time.time()
+                self.request.method or "",
+                self.request.path,
+                query,
+                headers,
+                body,
+                time.time(),
+                peer=_peer(self.request),
             )
         )
 
@@ -386,6 +405,7 @@ class _ServicesHandler(_Handler):
             return
         record = await self.outpost._start_service(hub, body, crash=self.crash)
         if self.is_async:
+            record.async_start = True
             self.send_json(202, {"service": ""})
             return
         task = record.start_task
@@ -494,6 +514,9 @@ class ReferenceOutpost:
     :param service_host: host reported in the ``service`` answer and bound by services.
     :param log_file_dir: directory for per-service work dirs and log files; a temporary
         directory (removed on stop) if not given.
+    :param report_address: after an async start, POST ``{"service": "host:port"}`` to the
+        service's ``JUPYTERHUB_SETUPTUNNEL_URL`` with its ``JUPYTERHUB_API_TOKEN``, as the
+        JupyterHub Outpost does.
     """
 
     def __init__(
@@ -507,6 +530,7 @@ class ReferenceOutpost:
         start_delay: float = 0.0,
         service_host: str = "127.0.0.1",
         log_file_dir: str | None = None,
+        report_address: bool = True,
     ) -> None:
         if backend not in ("process", "inprocess"):
             raise ValueError(f"backend must be 'process' or 'inprocess', not {backend!r}")
@@ -520,6 +544,7 @@ class ReferenceOutpost:
         self.start_delay = float(start_delay)
         self.service_host = service_host
         self.log_file_dir = log_file_dir
+        self.report_address = report_address
         #: seconds between SIGTERM and SIGKILL when stopping a service
         self.stop_timeout = 5.0
         #: upper bound for a "hang" fault
@@ -702,6 +727,8 @@ class ReferenceOutpost:
             else:
                 await asyncio.sleep(self.start_delay)
             record.ready = True
+            if record.async_start and self.report_address:
+                await self._report_address(record)
         except asyncio.CancelledError:
             log.info("outpost: start of service %s cancelled", record.name)
             if proc is not None:
@@ -712,6 +739,24 @@ class ReferenceOutpost:
             record.error = spawner_error(str(e), cls=type(e).__name__, tb=traceback.format_exc())
             if proc is None and record.exit_status is None:
                 record.exit_status = 1
+
+    async def _report_address(self, record: ServiceRecord) -> None:
+        """Tell the Hub where an async start's service is (the setuptunnel callback)."""
+        url = record.env.get("JUPYTERHUB_SETUPTUNNEL_URL")
+        token = record.env.get("JUPYTERHUB_API_TOKEN")
+        if not url or not token:
+            log.warning("outpost: service %s has no callback URL or token", record.name)
+            return
+        request = HTTPRequest(
+            url,
+            method="POST",
+            headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+            body=json.dumps({"service": record.address}),
+            request_timeout=30,
+        )
+        response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        record.address_reported = response.code
+        log.info("outpost: reported the address of %s: %s", record.name, response.code)
 
     async def _launch(
         self, record: ServiceRecord, crash: bool

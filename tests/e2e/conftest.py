@@ -34,6 +34,8 @@ BIN = Path(sys.executable).parent
 JUPYTERHUB = BIN / "jupyterhub"
 SINGLEUSER = BIN / "jupyterhub-singleuser"
 OUTPOST_CREDENTIALS = ("hub", secrets.token_hex(16))
+#: the single-user command the Outpost runs (jupyter-server refuses root without the flag)
+SINGLEUSER_COMMAND = [str(SINGLEUSER), *(["--allow-root"] if os.geteuid() == 0 else [])]
 HUB_READY_TIMEOUT = 30
 HUB_STOP_TIMEOUT = 20
 
@@ -252,11 +254,11 @@ class HubProcess:
             **kw,
         )
 
-    async def routes(self) -> dict[str, Any]:
-        """The proxy's routing table."""
+    async def routes(self) -> set[str]:
+        """The proxy's route paths, without trailing slashes."""
         resp = await self.fetch(f"{self.proxy_api_url}/api/routes", token=self.proxy_token)
         assert resp.code == 200, resp.text
-        return resp.json()
+        return {path.rstrip("/") for path in resp.json()}
 
     # --- users and servers ----------------------------------------------------
 
@@ -459,7 +461,7 @@ async def outpost():
     if not SINGLEUSER.exists():
         pytest.fail(f"jupyterhub-singleuser not found next to the interpreter: {SINGLEUSER}")
     async with ReferenceOutpost(
-        credentials=dict([OUTPOST_CREDENTIALS]), command=[str(SINGLEUSER)]
+        credentials=dict([OUTPOST_CREDENTIALS]), command=SINGLEUSER_COMMAND
     ) as o:
         yield o
 

@@ -43,7 +43,7 @@ async def assert_stopped_cleanly(hub, record, name: str) -> None:
     )
     assert hub.outpost.get_service(name) is None
     routes = await hub.routes()
-    prefix = record.env["JUPYTERHUB_SERVICE_PREFIX"]
+    prefix = record.env["JUPYTERHUB_SERVICE_PREFIX"].rstrip("/")
     assert prefix not in routes, sorted(routes)
 
 
@@ -117,7 +117,7 @@ async def test_default_and_named_server(hub, outpost_settings):
         assert record is not None and record.ready and record.status is None
         assert not await asyncio.to_thread(process_gone, record.pid)
     routes = await hub.routes()
-    assert f"/user/{user}/" in routes and f"/user/{user}/gpu/" in routes
+    assert {f"/user/{user}", f"/user/{user}/gpu"} <= routes, routes
 
     # stop both
     resp = await hub.api("DELETE", hub.server_path(user, "gpu"))
@@ -208,7 +208,7 @@ async def test_cancel_pending_start(hub, outpost_settings):
     )
     assert hub.services_for(user) == []
     assert len(hub.stop_requests(record.name)) == 1
-    assert f"/user/{user}/" not in await hub.routes()
+    assert f"/user/{user}" not in await hub.routes()
 
 
 @pytest.mark.slow

@@ -1,0 +1,1106 @@
+#!/usr/bin/env python3
+"""Spawn benchmark: N concurrent spawns through a JupyterHub against the reference Outpost.
+
+For each measured package this starts
+
+1. the reference Outpost (``python -m outpostspawner.testing``, backend
+   ``inprocess``, a fixed start delay),
+2. a real ``jupyterhub`` process from the package's own virtual environment, with
+   configurable-http-proxy, the DummyAuthenticator and ``benchmarks/hub_config.py``,
+
+and then, through the Hub's REST API only: creates N users, starts one named server
+for each (all at once), measures the time until every server is ready, the Hub
+process's CPU while all servers run and are polled, the time to stop them all,
+failures, and what is left over afterwards. Both packages import as
+``outpostspawner.OutpostSpawner``, so each runs in its own venv and its own Hub.
+
+``python benchmarks/run.py --help`` lists the options; see benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import aiohttp
+    import psutil
+except ImportError as e:  # pragma: no cover - both come with the test extras
+    sys.exit(f"benchmarks/run.py needs aiohttp and psutil ({e}); install '.[test]'")
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+HUB_CONFIG = HERE / "hub_config.py"
+THEIRS_PACKAGE = "jupyterhub-outpostspawner"
+THEIRS_VERSION = "2.2.13"
+#: the environment variable that sizes the request slots of jupyterhub-outpostspawner
+#: (outpostspawner/misc.py, default 10); removed from the Hub's environment so that
+#: the package is measured as shipped
+THEIRS_LIMIT_ENV = "OUTPOSTSPAWNER_HTTP_CLIENT_CONCURRENT_LIMIT"
+OUTPOST_USER = "hub"
+#: reference values of jupyterhub-outpostspawner on a 2-core machine (from the issue)
+REFERENCE_THEIRS = {"all_ready_s": 39.0, "hub_cpu_percent": 25.0}
+GOALS = {"all_ready_ratio": 0.35, "hub_cpu_ratio": 0.40}
+#: a poll request as logged by the reference Outpost at DEBUG level
+POLL_LINE = re.compile(rb"outpost: (\d{3}) GET /services/[^/\s]+/[^/\s]+ ")
+
+PACKAGES = {
+    "ours": "outpostspawner (this repository)",
+    "theirs": f"{THEIRS_PACKAGE} {THEIRS_VERSION} (PyPI, as installed by pip)",
+    "theirs-pycurl": f"{THEIRS_PACKAGE} {THEIRS_VERSION} (PyPI) plus pycurl",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class BenchError(RuntimeError):
+    """A run could not be carried out (not a measured failure)."""
+
+
+# --- small helpers ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def rnd(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _read_bytes(path: Path, start: int = 0, end: int | None = None) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read() if end is None else f.read(max(0, end - start))
+    except OSError:
+        return b""
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    data = _read_bytes(path)
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def _cpu_seconds(proc: psutil.Process | None) -> float | None:
+    if proc is None:
+        return None
+    try:
+        t = proc.cpu_times()
+    except psutil.Error:
+        return None
+    return t.user + t.system
+
+
+def _listeners(pid: int, except_port: int) -> int | None:
+    """TCP sockets the process listens on, apart from ``except_port``."""
+    try:
+        proc = psutil.Process(pid)
+        conns = (
+            proc.net_connections(kind="tcp")
+            if hasattr(proc, "net_connections")
+            else proc.connections(kind="tcp")
+        )
+    except psutil.Error:
+        return None
+    return sum(1 for c in conns if c.status == psutil.CONN_LISTEN and c.laddr.port != except_port)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+async def run_cmd(cmd: list[str], *, log_path: Path, timeout: float, env=None) -> int:
+    """Run a command with output to a log file; kill it after ``timeout`` seconds."""
+    logf = await asyncio.to_thread(open, log_path, "ab")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    finally:
+        logf.close()
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout)
+    except asyncio.TimeoutError:
+        raise BenchError(f"{cmd[0]} did not finish in {timeout:.0f}s (see {log_path})") from None
+    finally:
+        await end_process(proc, cmd[0], timeout=5)
+
+
+async def capture(cmd: list[str], timeout: float = 60) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        raise BenchError(f"{' '.join(cmd[:3])} did not finish in {timeout:.0f}s") from None
+    finally:
+        await end_process(proc, cmd[0], timeout=5)
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(cmd[:3])} failed: {out.decode(errors='replace')[-2000:]}")
+    return out.decode()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+async def end_process(proc: asyncio.subprocess.Process, name: str, timeout: float) -> None:
+    """SIGTERM the process group (every process here starts its own session), then
+    SIGKILL after ``timeout`` seconds."""
+    if proc.returncode is not None:
+        return
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+        return
+    except asyncio.TimeoutError:
+        log(f"{name} (pid {proc.pid}) still runs {timeout:.0f}s after SIGTERM: SIGKILL")
+    _signal_group(proc.pid, signal.SIGKILL)
+    try:
+        await asyncio.wait_for(proc.wait(), 10)
+    except asyncio.TimeoutError:
+        log(f"{name} (pid {proc.pid}) did not exit after SIGKILL")
+
+
+async def end_foreign(pid: int, name: str, timeout: float = 10) -> bool:
+    """End a process that is not our child (configurable-http-proxy); True if gone."""
+    try:
+        proc = psutil.Process(pid)
+        proc.terminate()
+    except psutil.Error:
+        return True
+    try:
+        await asyncio.to_thread(proc.wait, timeout)
+        return True
+    except psutil.TimeoutExpired:
+        log(f"{name} (pid {pid}) still runs after SIGTERM: SIGKILL")
+    except psutil.Error:
+        return True
+    try:
+        proc.kill()
+        await asyncio.to_thread(proc.wait, 10)
+    except psutil.TimeoutExpired:
+        return False
+    except psutil.Error:
+        pass
+    return True
+
+
+# --- environments ---------------------------------------------------------------------
+
+
+@dataclass
+class Env:
+    package: str
+    python: str
+    jupyterhub: str
+    versions: dict[str, str]
+
+
+async def versions_of(python: str, *modules: str) -> dict[str, str]:
+    code = (
+        "import importlib.metadata as m, json, sys\n"
+        "out = {}\n"
+        "for d in sys.argv[1:]:\n"
+        "    try:\n"
+        "        out[d] = m.version(d)\n"
+        "    except m.PackageNotFoundError:\n"
+        "        pass\n"
+        "print(json.dumps(out))\n"
+    )
+    return json.loads(await capture([python, "-c", code, *modules]))
+
+
+async def ours_env(python: str) -> Env:
+    code = "import outpostspawner, os; print(os.path.dirname(os.path.abspath(outpostspawner.__file__)))"
+    where = (await capture([python, "-c", code])).strip()
+    real = await asyncio.to_thread(os.path.realpath, where)
+    if real != await asyncio.to_thread(os.path.realpath, REPO / "outpostspawner"):
+        raise BenchError(f"{python} imports outpostspawner from {where}, not from {REPO}")
+    versions = await versions_of(python, "outpostspawner", "jupyterhub", "tornado", "pycurl")
+    jh = Path(python).parent / "jupyterhub"
+    if not await asyncio.to_thread(jh.exists):
+        raise BenchError(f"no jupyterhub next to {python}")
+    return Env("ours", python, str(jh), versions)
+
+
+async def theirs_env(work: Path, jupyterhub_version: str, pycurl: bool) -> Env:
+    """The venv with the PyPI package, created (or recreated) when needed."""
+    name = "venv-theirs-pycurl" if pycurl else "venv-theirs"
+    venv = work / name
+    spec = [f"{THEIRS_PACKAGE}=={THEIRS_VERSION}", f"jupyterhub=={jupyterhub_version}"]
+    if pycurl:
+        spec.append("pycurl")
+    marker = venv / ".bench-installed"
+    python = venv / "bin" / "python"
+    current = (await asyncio.to_thread(_read_bytes, marker)).decode()
+    if current != json.dumps(spec) or not await asyncio.to_thread(python.exists):
+        log(f"creating {venv} with {' '.join(spec)}")
+        await asyncio.to_thread(shutil.rmtree, venv, True)
+        pip_log = work / f"{name}-install.log"
+        await run_cmd([sys.executable, "-m", "venv", str(venv)], log_path=pip_log, timeout=300)
+        pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+        if await run_cmd([*pip, *spec], log_path=pip_log, timeout=900) != 0:
+            raise BenchError(f"pip install {' '.join(spec)} failed, see {pip_log}")
+        await asyncio.to_thread(_write_private, marker, json.dumps(spec))
+    versions = await versions_of(
+        str(python),
+        THEIRS_PACKAGE,
+        "jupyterhub-forwardbasespawner",
+        "jupyterhub",
+        "tornado",
+        "pycurl",
+    )
+    return Env(
+        "theirs-pycurl" if pycurl else "theirs",
+        str(python),
+        str(venv / "bin" / "jupyterhub"),
+        versions,
+    )
+
+
+# --- one measured run ---------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    user: str
+    name: str
+    post_status: int | None = None
+    post_s: float | None = None
+    ready_s: float | None = None
+    failed: str | None = None
+    delete_status: int | None = None
+    stopped_s: float | None = None
+    stop_failed: str | None = None
+
+
+@dataclass
+class Result:
+    package: str
+    description: str
+    versions: dict[str, str]
+    n: int
+    ok: bool = False
+    error: str | None = None
+    spawn: dict[str, Any] = field(default_factory=dict)
+    steady: dict[str, Any] = field(default_factory=dict)
+    stop: dict[str, Any] = field(default_factory=dict)
+    leftovers: dict[str, Any] = field(default_factory=dict)
+    hub_log: dict[str, Any] = field(default_factory=dict)
+    failures: int | None = None
+    leftovers_total: int | None = None
+    processes_after_teardown: int | None = None
+    workdir: str = ""
+
+
+class Run:
+    """Everything one package's measurement starts, and its teardown."""
+
+    def __init__(self, env: Env, args: argparse.Namespace, ours_python: str, work: Path):
+        self.env = env
+        self.args = args
+        self.ours_python = ours_python
+        self.dir = work / env.package
+        self.result = Result(env.package, PACKAGES[env.package], env.versions, args.n)
+        self.result.workdir = str(self.dir)
+        self.outpost: asyncio.subprocess.Process | None = None
+        self.hub: asyncio.subprocess.Process | None = None
+        self.chp_pid: int | None = None
+        self.hub_ps: psutil.Process | None = None
+        self.outpost_ps: psutil.Process | None = None
+        self.chp_ps: psutil.Process | None = None
+        self.outpost_url = ""
+        self.outpost_port = 0
+        self.password = secrets.token_hex(16)
+        self.api_token = secrets.token_hex(32)
+        self.proxy_token = secrets.token_hex(32)
+        self.hub_port = free_port()
+        self.hub_api_port = free_port()
+        self.proxy_api_port = free_port()
+        self.api = f"http://127.0.0.1:{self.hub_api_port}/hub/api"
+        self.session: aiohttp.ClientSession | None = None
+        width = len(str(args.n))
+        self.servers = [
+            Server(f"bench-{i:0{width}d}", f"s{i:0{width}d}") for i in range(1, args.n + 1)
+        ]
+
+    # --- processes ---------------------------------------------------------------
+
+    async def start_outpost(self) -> None:
+        log_path = self.dir / "outpost.log"
+        logf = await asyncio.to_thread(open, log_path, "ab")
+        # the CLI's own argument parser, with the credentials taken from the
+        # environment instead of the command line
+        bootstrap = (
+            "import os, sys\n"
+            "from outpostspawner.testing.__main__ import main\n"
+            "creds = os.environ.pop('OUTPOST_BENCH_CREDENTIALS')\n"
+            "sys.exit(main(sys.argv[1:] + ['--credentials', creds]))\n"
+        )
+        env = dict(os.environ, OUTPOST_BENCH_CREDENTIALS=f"{OUTPOST_USER}:{self.password}")
+        cmd = [
+            self.ours_python, "-c", bootstrap,
+            "--host", "127.0.0.1",
+            "--port", "0",
+            "--backend", "inprocess",
+            "--start-delay", str(self.args.start_delay),
+            # DEBUG logs one line per request: the poll rate is counted from it
+            "--log-level", "DEBUG",
+        ]  # fmt: skip
+        try:
+            self.outpost = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=logf,
+                env=env,
+                cwd=self.dir,
+                start_new_session=True,
+            )
+        finally:
+            logf.close()
+        assert self.outpost.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.outpost.stdout.readline(), 60)
+        except asyncio.TimeoutError:
+            line = b""
+        m = re.search(rb"outpost listening on (http://\S+)", line)
+        if not m:
+            tail = await asyncio.to_thread(_tail, log_path)
+            raise BenchError(f"the reference Outpost did not start:\n{tail}")
+        self.outpost_url = m.group(1).decode()
+        self.outpost_port = int(re.search(r":(\d+)/", self.outpost_url).group(1))  # type: ignore[union-attr]
+        self.outpost_ps = psutil.Process(self.outpost.pid)
+        log(f"{self.env.package}: Outpost at {self.outpost_url} (pid {self.outpost.pid})")
+
+    async def start_hub(self) -> None:
+        settings = {
+            "workdir": str(self.dir),
+            "n": self.args.n,
+            "hub_port": self.hub_port,
+            "hub_api_port": self.hub_api_port,
+            "proxy_api_port": self.proxy_api_port,
+            "chp": self.args.chp,
+            "cookie_secret": secrets.token_hex(32),
+            "api_token": self.api_token,
+            "proxy_token": self.proxy_token,
+            "outpost_url": self.outpost_url,
+            "outpost_user": OUTPOST_USER,
+            "outpost_password": self.password,
+            "poll_interval": self.args.poll_interval,
+            "log_level": self.args.hub_log_level,
+        }
+        settings_path = self.dir / "settings.json"
+        await asyncio.to_thread(_write_private, settings_path, json.dumps(settings))
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("JUPYTERHUB_", "CONFIGPROXY_", "JPY_")) and k != THEIRS_LIMIT_ENV
+        }
+        env["OUTPOST_BENCH_SETTINGS"] = str(settings_path)
+        env["PATH"] = os.pathsep.join([str(Path(self.env.python).parent), env.get("PATH", "")])
+        log_path = self.dir / "hub.log"
+        logf = await asyncio.to_thread(open, log_path, "ab")
+        try:
+            self.hub = await asyncio.create_subprocess_exec(
+                self.env.jupyterhub, "-f", str(HUB_CONFIG),
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.dir,
+                start_new_session=True,
+            )  # fmt: skip
+        finally:
+            logf.close()
+        self.hub_ps = psutil.Process(self.hub.pid)
+        # ready once the API answers through the proxy: the Hub and its route are up
+        public = f"http://127.0.0.1:{self.hub_port}/hub/api/"
+        deadline = time.monotonic() + self.args.hub_start_timeout
+        while True:
+            if self.hub.returncode is not None:
+                tail = await asyncio.to_thread(_tail, log_path)
+                raise BenchError(f"jupyterhub exited with {self.hub.returncode}:\n{tail}")
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with self.http.get(public, timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    if r.status == 200:
+                        break
+            if time.monotonic() > deadline:
+                tail = await asyncio.to_thread(_tail, log_path)
+                raise BenchError(f"jupyterhub did not come up in time:\n{tail}")
+            await asyncio.sleep(0.5)
+        pid_text = (await asyncio.to_thread(_read_bytes, self.dir / "jupyterhub-proxy.pid")).strip()
+        if pid_text.isdigit():
+            self.chp_pid = int(pid_text)
+        else:
+            nodes = [p for p in _descendants(self.hub.pid) if "node" in (p.name() or "")]
+            self.chp_pid = nodes[0].pid if nodes else None
+        if self.chp_pid:
+            with contextlib.suppress(psutil.Error):
+                self.chp_ps = psutil.Process(self.chp_pid)
+        log(f"{self.env.package}: Hub up (pid {self.hub.pid}, proxy pid {self.chp_pid})")
+
+    async def teardown(self) -> None:
+        pids = []
+        for proc in (self.hub, self.outpost):
+            if proc is not None:
+                pids.append(proc.pid)
+                pids += [p.pid for p in _descendants(proc.pid)]
+        if self.chp_pid:
+            pids.append(self.chp_pid)
+        if self.hub is not None:
+            await end_process(self.hub, "jupyterhub", timeout=30)
+        if self.chp_pid and psutil.pid_exists(self.chp_pid):
+            await end_foreign(self.chp_pid, "configurable-http-proxy")
+        if self.outpost is not None:
+            await end_process(self.outpost, "outpost", timeout=30)
+        for pid in set(pids):
+            with contextlib.suppress(psutil.Error):
+                p = psutil.Process(pid)
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    await end_foreign(pid, p.name())
+        left = 0
+        for pid in set(pids):
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    left += 1
+        self.result.processes_after_teardown = left
+
+    # --- Hub REST API ---------------------------------------------------------------
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        assert self.session is not None
+        return self.session
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"token {self.api_token}"}
+
+    async def active_servers(self, state: str = "active") -> dict[str, dict]:
+        """user -> the user's benchmark server model, for users with an active server."""
+        url = f"{self.api}/users?state={state}&limit={self.args.n * 2}"
+        async with self.http.get(
+            url, headers=self._headers(), timeout=aiohttp.ClientTimeout(total=60)
+        ) as r:
+            if r.status != 200:
+                raise BenchError(f"GET /users?state={state}: {r.status} {(await r.text())[:200]}")
+            data = await r.json()
+        if isinstance(data, dict):  # paginated answer
+            data = data.get("items", [])
+        out = {}
+        for user in data:
+            servers = user.get("servers") or {}
+            for model in servers.values():
+                out[user["name"]] = model
+        return out
+
+    async def create_users(self) -> None:
+        names = [s.user for s in self.servers]
+        for i in range(0, len(names), 500):
+            async with self.http.post(
+                f"{self.api}/users",
+                json={"usernames": names[i : i + 500]},
+                headers=self._headers(),
+                timeout=aiohttp.ClientTimeout(total=120),
+            ) as r:
+                if r.status != 201:
+                    raise BenchError(f"creating users: {r.status} {(await r.text())[:300]}")
+
+    # --- phases -----------------------------------------------------------------------
+
+    async def spawn_all(self) -> None:
+        sem = asyncio.Semaphore(self.args.concurrency)
+        t0 = time.monotonic()
+        timeout = aiohttp.ClientTimeout(total=self.args.ready_timeout)
+
+        async def start(s: Server) -> None:
+            async with sem:
+                try:
+                    async with self.http.post(
+                        f"{self.api}/users/{s.user}/servers/{s.name}",
+                        json={},
+                        headers=self._headers(),
+                        timeout=timeout,
+                    ) as r:
+                        s.post_status = r.status
+                        text = await r.text()
+                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                    s.post_s = time.monotonic() - t0
+                    s.failed = f"start request: {type(e).__name__} {e}"[:300]
+                    return
+                s.post_s = time.monotonic() - t0
+                if r.status == 201:
+                    if s.ready_s is None:
+                        s.ready_s = s.post_s
+                elif r.status != 202:
+                    s.failed = f"start request answered {r.status}: {text[:200]}"
+
+        tasks = [asyncio.ensure_future(start(s)) for s in self.servers]
+        deadline = t0 + self.args.ready_timeout
+        try:
+            while True:
+                asked = time.monotonic()
+                try:
+                    active = await self.active_servers()
+                except (aiohttp.ClientError, asyncio.TimeoutError, BenchError) as e:
+                    log(f"{self.env.package}: listing servers failed: {e}")
+                    active = None
+                now = time.monotonic()
+                if active is not None:
+                    for s in self.servers:
+                        if s.failed or s.ready_s is not None:
+                            continue
+                        model = active.get(s.user)
+                        if model and model.get("ready"):
+                            s.ready_s = now - t0
+                        elif model is None and s.post_s is not None and t0 + s.post_s < asked:
+                            s.failed = "the server disappeared before it was ready"
+                if all(s.failed or s.ready_s is not None for s in self.servers):
+                    break
+                if now > deadline:
+                    for s in self.servers:
+                        if not s.failed and s.ready_s is None:
+                            s.failed = f"not ready after {self.args.ready_timeout:.0f}s"
+                    break
+                await asyncio.sleep(self.args.check_interval)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        ready = [s.ready_s for s in self.servers if s.ready_s is not None and not s.failed]
+        failed = [s for s in self.servers if s.failed]
+        codes: dict[str, int] = {}
+        for s in self.servers:
+            codes[str(s.post_status)] = codes.get(str(s.post_status), 0) + 1
+        self.result.spawn = {
+            "all_ready_s": rnd(max(ready)) if ready and not failed else None,
+            "last_ready_s": rnd(max(ready)) if ready else None,
+            "first_ready_s": rnd(min(ready)) if ready else None,
+            "median_ready_s": rnd(statistics.median(ready)) if ready else None,
+            "p90_ready_s": rnd(percentile(ready, 0.9)),
+            "ready": len(ready),
+            "failed": len(failed),
+            "start_answers": codes,
+            "failure_examples": sorted({s.failed for s in failed if s.failed})[:5],
+            "check_interval_s": self.args.check_interval,
+        }
+        log(
+            f"{self.env.package}: {len(ready)}/{self.args.n} ready, last after "
+            f"{self.result.spawn['last_ready_s']}s, {len(failed)} failed"
+        )
+
+    async def sample_cpu(self, seconds: float) -> dict[str, Any]:
+        """CPU of the Hub, the proxy and the Outpost over ``seconds`` (1 s samples)."""
+        procs = {"hub": self.hub_ps, "proxy": self.chp_ps, "outpost": self.outpost_ps}
+        start = {k: await asyncio.to_thread(_cpu_seconds, p) for k, p in procs.items()}
+        t_start = time.monotonic()
+        prev, t_prev = dict(start), t_start
+        per_second: list[float] = []
+        while time.monotonic() - t_start < seconds - 1e-3:
+            await asyncio.sleep(min(1.0, seconds - (time.monotonic() - t_start)))
+            now = time.monotonic()
+            cur = {k: await asyncio.to_thread(_cpu_seconds, p) for k, p in procs.items()}
+            if cur["hub"] is not None and prev["hub"] is not None:
+                per_second.append(100 * (cur["hub"] - prev["hub"]) / (now - t_prev))
+            prev, t_prev = cur, now
+        wall = t_prev - t_start
+        out: dict[str, Any] = {"window_s": rnd(wall)}
+        for k in procs:
+            if start[k] is None or prev[k] is None:
+                out[f"{k}_cpu_percent"] = None
+            else:
+                out[f"{k}_cpu_percent"] = rnd(100 * (prev[k] - start[k]) / wall, 1)
+        out["hub_cpu_percent_per_second"] = [round(v, 1) for v in per_second]
+        return out
+
+    async def steady_state(self) -> None:
+        await asyncio.sleep(self.args.settle)
+        outpost_log = self.dir / "outpost.log"
+        off0 = await asyncio.to_thread(_file_size, outpost_log)
+        cpu = await self.sample_cpu(self.args.cpu_seconds)
+        off1 = await asyncio.to_thread(_file_size, outpost_log)
+        chunk = await asyncio.to_thread(_read_bytes, outpost_log, off0, off1)
+        polls: dict[str, int] = {}
+        for m in POLL_LINE.finditer(chunk):
+            code = m.group(1).decode()
+            polls[code] = polls.get(code, 0) + 1
+        rss = None
+        with contextlib.suppress(psutil.Error):
+            if self.hub_ps is not None:
+                rss = self.hub_ps.memory_info().rss / 2**20
+        self.result.steady = {
+            **cpu,
+            "settle_s": self.args.settle,
+            "outpost_polls": polls,
+            "outpost_polls_per_s": rnd(sum(polls.values()) / cpu["window_s"], 1)
+            if cpu["window_s"]
+            else None,
+            "hub_rss_mib": rnd(rss, 1),
+        }
+        ready = await self.active_servers("ready")
+        lost = [
+            s.user
+            for s in self.servers
+            if s.ready_s is not None and not s.failed and s.user not in ready
+        ]
+        self.result.steady["lost"] = len(lost)
+        for s in self.servers:
+            if s.user in lost:
+                s.failed = "stopped while it was polled"
+        log(
+            f"{self.env.package}: Hub CPU {cpu['hub_cpu_percent']}% over {cpu['window_s']}s, "
+            f"{self.result.steady['outpost_polls_per_s']} polls/s at the Outpost, {len(lost)} lost"
+        )
+
+    async def stop_all(self) -> None:
+        active = await self.active_servers()
+        targets = [s for s in self.servers if s.user in active]
+        sem = asyncio.Semaphore(self.args.concurrency)
+        t0 = time.monotonic()
+        timeout = aiohttp.ClientTimeout(total=self.args.stop_timeout)
+
+        async def stop(s: Server) -> None:
+            async with sem:
+                try:
+                    async with self.http.delete(
+                        f"{self.api}/users/{s.user}/servers/{s.name}",
+                        headers=self._headers(),
+                        timeout=timeout,
+                    ) as r:
+                        s.delete_status = r.status
+                        text = await r.text()
+                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                    s.stop_failed = f"stop request: {type(e).__name__} {e}"[:300]
+                    return
+                if r.status == 204:
+                    s.stopped_s = time.monotonic() - t0
+                elif r.status != 202:
+                    s.stop_failed = f"stop request answered {r.status}: {text[:200]}"
+
+        tasks = [asyncio.ensure_future(stop(s)) for s in targets]
+        deadline = t0 + self.args.stop_timeout
+        try:
+            while True:
+                try:
+                    still = await self.active_servers()
+                except (aiohttp.ClientError, asyncio.TimeoutError, BenchError) as e:
+                    log(f"{self.env.package}: listing servers failed: {e}")
+                    still = None
+                now = time.monotonic()
+                if still is not None:
+                    for s in targets:
+                        if (
+                            s.stopped_s is None
+                            and s.delete_status is not None
+                            and s.user not in still
+                        ):
+                            s.stopped_s = now - t0
+                if all(t.done() for t in tasks) and all(
+                    s.stopped_s is not None or s.stop_failed for s in targets
+                ):
+                    break
+                if now > deadline:
+                    for s in targets:
+                        if s.stopped_s is None and not s.stop_failed:
+                            s.stop_failed = f"not stopped after {self.args.stop_timeout:.0f}s"
+                    break
+                await asyncio.sleep(self.args.check_interval)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        stopped = [s.stopped_s for s in targets if s.stopped_s is not None]
+        failed = [s for s in targets if s.stop_failed]
+        codes: dict[str, int] = {}
+        for s in targets:
+            codes[str(s.delete_status)] = codes.get(str(s.delete_status), 0) + 1
+        self.result.stop = {
+            "all_stopped_s": rnd(max(stopped)) if stopped and not failed else None,
+            "last_stopped_s": rnd(max(stopped)) if stopped else None,
+            "median_stopped_s": rnd(statistics.median(stopped)) if stopped else None,
+            "servers": len(targets),
+            "stopped": len(stopped),
+            "failed": len(failed),
+            "stop_answers": codes,
+            "failure_examples": sorted({s.stop_failed for s in failed if s.stop_failed})[:5],
+        }
+        log(
+            f"{self.env.package}: {len(stopped)}/{len(targets)} stopped, last after "
+            f"{self.result.stop['last_stopped_s']}s, {len(failed)} failed"
+        )
+
+    async def leftovers(self) -> None:
+        # give asynchronous clean-up a moment, as a user would
+        await asyncio.sleep(2)
+        basic = base64.b64encode(f"{OUTPOST_USER}:{self.password}".encode()).decode()
+        entries: int | None = None
+        try:
+            async with self.http.get(
+                self.outpost_url.rstrip("/") + "/",
+                headers={"Authorization": f"Basic {basic}", "Accept": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as r:
+                if r.status == 200:
+                    entries = len(await r.json())
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            log(f"{self.env.package}: Outpost list failed: {e}")
+        routes: int | None = None
+        try:
+            async with self.http.get(
+                f"http://127.0.0.1:{self.proxy_api_port}/api/routes",
+                headers={"Authorization": f"token {self.proxy_token}"},
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as r:
+                if r.status == 200:
+                    routes = sum(1 for path in await r.json() if path.startswith("/user/"))
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            log(f"{self.env.package}: proxy routes failed: {e}")
+        active = await self.active_servers()
+        assert self.outpost is not None and self.hub is not None
+        hub_children = [p for p in _descendants(self.hub.pid) if p.pid != self.chp_pid]
+        self.result.leftovers = {
+            "outpost_services": entries,
+            "outpost_child_processes": len(_descendants(self.outpost.pid)),
+            "outpost_service_listeners": _listeners(self.outpost.pid, self.outpost_port),
+            "hub_active_servers": len(active),
+            "proxy_user_routes": routes,
+            "hub_child_processes_besides_proxy": len(hub_children),
+        }
+        values = list(self.result.leftovers.values())
+        self.result.leftovers_total = (
+            None if any(v is None for v in values) else sum(values)  # type: ignore[arg-type]
+        )
+        log(f"{self.env.package}: leftovers {self.result.leftovers}")
+
+    async def read_hub_log(self) -> None:
+        text = (await asyncio.to_thread(_read_bytes, self.dir / "hub.log")).decode(
+            "utf-8", "replace"
+        )
+        lines = text.splitlines()
+        errors = [ln for ln in lines if ln.startswith("[E ")]
+        self.result.hub_log = {
+            "errors": len(errors),
+            "warnings": sum(1 for ln in lines if ln.startswith("[W ")),
+            "tracebacks": sum(1 for ln in lines if ln.startswith("Traceback")),
+            "error_examples": [ln[:300] for ln in errors[:5]],
+        }
+
+    async def measure(self) -> Result:
+        await asyncio.to_thread(_fresh_dir, self.dir)
+        conn = aiohttp.TCPConnector(limit=self.args.concurrency + 10, force_close=False)
+        self.session = aiohttp.ClientSession(connector=conn)
+        try:
+            await self.start_outpost()
+            await self.start_hub()
+            idle = await self.sample_cpu(self.args.idle_seconds)
+            await self.create_users()
+            log(f"{self.env.package}: starting {self.args.n} servers")
+            await self.spawn_all()
+            await self.steady_state()
+            self.result.steady["idle_hub_cpu_percent"] = idle["hub_cpu_percent"]
+            log(f"{self.env.package}: stopping all servers")
+            await self.stop_all()
+            await self.leftovers()
+            self.result.ok = True
+        except (BenchError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            self.result.error = f"{type(e).__name__}: {e}"
+            log(f"{self.env.package}: run failed: {self.result.error}")
+        finally:
+            await self.session.close()
+            try:
+                await self.teardown()
+            finally:
+                await self.read_hub_log()
+        spawn_failed = sum(1 for s in self.servers if s.failed)
+        stop_failed = sum(1 for s in self.servers if s.stop_failed)
+        self.result.failures = spawn_failed + stop_failed if self.result.ok else None
+        await asyncio.to_thread(
+            _write_private,
+            self.dir / "servers.json",
+            json.dumps([asdict(s) for s in self.servers], indent=1),
+        )
+        return self.result
+
+
+# --- report -----------------------------------------------------------------------------
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.2f}{unit}" if abs(v) < 10 else f"{v:.1f}{unit}"
+    return f"{v}{unit}"
+
+
+def comparison(results: list[Result]) -> dict[str, Any]:
+    by = {r.package: r for r in results}
+    ours, theirs = by.get("ours"), by.get("theirs")
+    out: dict[str, Any] = {"goals": GOALS, "reference_theirs": REFERENCE_THEIRS}
+    if ours is None:
+        return out
+
+    def ratio(a, b):
+        return rnd(a / b, 3) if a is not None and b else None
+
+    o_ready = ours.spawn.get("all_ready_s")
+    o_cpu = ours.steady.get("hub_cpu_percent")
+    if theirs is not None:
+        out["all_ready_ratio"] = ratio(o_ready, theirs.spawn.get("all_ready_s"))
+        out["hub_cpu_ratio"] = ratio(o_cpu, theirs.steady.get("hub_cpu_percent"))
+        out["stop_ratio"] = ratio(ours.stop.get("all_stopped_s"), theirs.stop.get("all_stopped_s"))
+    out["all_ready_ratio_vs_reference"] = ratio(o_ready, REFERENCE_THEIRS["all_ready_s"])
+    out["hub_cpu_ratio_vs_reference"] = ratio(o_cpu, REFERENCE_THEIRS["hub_cpu_percent"])
+    ratio_ready = out.get("all_ready_ratio", out["all_ready_ratio_vs_reference"])
+    ratio_cpu = out.get("hub_cpu_ratio", out["hub_cpu_ratio_vs_reference"])
+    out["met"] = {
+        "all_ready": ratio_ready is not None and ratio_ready < GOALS["all_ready_ratio"],
+        "hub_cpu": ratio_cpu is not None and ratio_cpu < GOALS["hub_cpu_ratio"],
+        "no_failures": ours.failures == 0,
+        "no_leftovers": ours.leftovers_total == 0 and ours.processes_after_teardown == 0,
+    }
+    return out
+
+
+def table(results: list[Result], cmp: dict[str, Any]) -> str:
+    rows = [
+        ("all ready (s)", lambda r: _fmt(r.spawn.get("all_ready_s"))),
+        ("  median ready (s)", lambda r: _fmt(r.spawn.get("median_ready_s"))),
+        ("Hub CPU, all polled (% core)", lambda r: _fmt(r.steady.get("hub_cpu_percent"))),
+        ("  Hub CPU idle, 0 servers", lambda r: _fmt(r.steady.get("idle_hub_cpu_percent"))),
+        ("  polls/s at the Outpost", lambda r: _fmt(r.steady.get("outpost_polls_per_s"))),
+        ("  proxy / Outpost CPU (%)", lambda r: "{} / {}".format(
+            _fmt(r.steady.get("proxy_cpu_percent")), _fmt(r.steady.get("outpost_cpu_percent")))),
+        ("  Hub RSS (MiB)", lambda r: _fmt(r.steady.get("hub_rss_mib"))),
+        ("stop all (s)", lambda r: _fmt(r.stop.get("all_stopped_s"))),
+        ("failures", lambda r: _fmt(r.failures)),
+        ("leftovers after stop-all", lambda r: _fmt(r.leftovers_total)),
+        ("processes after teardown", lambda r: _fmt(r.processes_after_teardown)),
+        ("Hub log errors / warnings", lambda r: "{} / {}".format(
+            _fmt(r.hub_log.get("errors")), _fmt(r.hub_log.get("warnings")))),
+    ]  # fmt: skip
+    head = ["metric", *[r.package for r in results]]
+    body = [[name, *[fn(r) for r in results]] for name, fn in rows]
+    if "all_ready_ratio" in cmp:
+        body.append(
+            ["ours/theirs all ready (goal < 0.35)", _fmt(cmp["all_ready_ratio"]), "", ""][
+                : len(head)
+            ]
+        )
+        body.append(
+            ["ours/theirs Hub CPU (goal < 0.40)", _fmt(cmp["hub_cpu_ratio"]), "", ""][: len(head)]
+        )
+    widths = [max(len(str(row[i])) for row in [head, *body]) for i in range(len(head))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(head, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in body:
+        row = row + [""] * (len(head) - len(row))
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, help="servers to start (default 300, 30 with --quick)")
+    p.add_argument(
+        "--package",
+        choices=("ours", "theirs", "theirs-pycurl", "both", "all"),
+        default="both",
+        help="what to measure: both = ours and theirs; all adds theirs with pycurl (default %(default)s)",
+    )
+    p.add_argument("--quick", action="store_true", help="a fast check: n=30, shorter windows")
+    p.add_argument("--start-delay", type=float, default=1.0, help="Outpost start delay, s")
+    p.add_argument("--poll-interval", type=float, default=1.0, help="server poll interval, s")
+    p.add_argument("--cpu-seconds", type=float, default=20.0, help="CPU measuring window, s")
+    p.add_argument(
+        "--settle", type=float, default=5.0, help="wait after all-ready before measuring, s"
+    )
+    p.add_argument("--idle-seconds", type=float, default=5.0, help="idle Hub CPU window, s")
+    p.add_argument("--concurrency", type=int, default=300, help="REST requests in flight at once")
+    p.add_argument(
+        "--check-interval", type=float, default=0.5, help="readiness listing interval, s"
+    )
+    p.add_argument("--ready-timeout", type=float, default=600.0, help="limit for all-ready, s")
+    p.add_argument("--stop-timeout", type=float, default=300.0, help="limit for stop-all, s")
+    p.add_argument("--hub-start-timeout", type=float, default=120.0, help="limit for Hub start, s")
+    p.add_argument("--hub-log-level", default="INFO", help="JupyterHub log level")
+    p.add_argument("--python", default=sys.executable, help="python of the venv with this package")
+    p.add_argument("--jupyterhub-version", help="for the PyPI venv (default: the one of --python)")
+    p.add_argument("--chp", help="configurable-http-proxy executable")
+    p.add_argument("--work", default=str(HERE / "_work"), help="work dir (venvs, logs)")
+    p.add_argument("--results", default=str(HERE / "results.json"), help="JSON output")
+    args = p.parse_args(argv)
+    if args.n is None:
+        args.n = 30 if args.quick else 300
+    if args.quick:
+        args.cpu_seconds = min(args.cpu_seconds, 10.0)
+        args.settle = min(args.settle, 3.0)
+        args.idle_seconds = min(args.idle_seconds, 3.0)
+    if args.n < 1:
+        p.error("--n must be at least 1")
+    if not args.chp:
+        local = REPO / "node_modules" / ".bin" / "configurable-http-proxy"
+        args.chp = str(local) if local.exists() else shutil.which("configurable-http-proxy")
+    if not args.chp or not Path(args.chp).exists():
+        p.error("configurable-http-proxy not found: run 'make node' or pass --chp")
+    args.chp = str(Path(args.chp).resolve())
+    return args
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    work = Path(args.work)
+    await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
+    wanted = {
+        "both": ["ours", "theirs"],
+        "all": ["ours", "theirs", "theirs-pycurl"],
+    }.get(args.package, [args.package])
+    ours = await ours_env(args.python)
+    jh_version = args.jupyterhub_version or ours.versions.get("jupyterhub", "6.1.1")
+    envs = []
+    for name in wanted:
+        if name == "ours":
+            envs.append(ours)
+        else:
+            envs.append(await theirs_env(work, jh_version, pycurl=name == "theirs-pycurl"))
+    results: list[Result] = []
+    for env in envs:
+        log(f"=== {env.package}: {PACKAGES[env.package]} {env.versions}")
+        results.append(await Run(env, args, ours.python, work).measure())
+    cmp = comparison(results)
+    report = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "machine": machine(),
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                "n",
+                "start_delay",
+                "poll_interval",
+                "cpu_seconds",
+                "settle",
+                "idle_seconds",
+                "concurrency",
+                "check_interval",
+            )
+        },  # fmt: skip
+        "results": [asdict(r) for r in results],
+        "comparison": cmp,
+    }
+    await asyncio.to_thread(Path(args.results).write_text, json.dumps(report, indent=2) + "\n")
+    print()
+    print(table(results, cmp))
+    print(f"\nwritten: {args.results}; logs under {work}/<package>/")
+    ok = all(r.ok for r in results)
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    async def runner() -> int:
+        task = asyncio.ensure_future(main_async(args))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            log("interrupted: all started processes were ended")
+            return 130
+
+    try:
+        return asyncio.run(runner())
+    except BenchError as e:
+        log(f"error: {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""REST endpoints the remote side calls on the Hub.
+
+Importing this package registers them with JupyterHub (once, however often it is
+imported); :mod:`outpostspawner` imports it.
+"""
+
+from jupyterhub import apihandlers
+
+from .setuptunnel import SetupTunnelAPIHandler
+
+handlers = [
+    (r"/api/users/setuptunnel/([^/]+)/?", SetupTunnelAPIHandler),
+    (r"/api/users/setuptunnel/([^/]+)/([^/]+)/?", SetupTunnelAPIHandler),
+]
+
+
+def register() -> None:
+    """Add the handlers to JupyterHub's API routes unless they are there already."""
+    present = {pattern for pattern, *_ in apihandlers.default_handlers}
+    for route in handlers:
+        if route[0] not in present:
+            apihandlers.default_handlers.append(route)
+
+
+register()
