@@ -36,9 +36,11 @@ def make_event(
     return event
 
 
-def sanitize_event(event: Any) -> dict[str, Any]:
+def sanitize_event(event: Any, *, trusted: bool = True) -> dict[str, Any]:
     """Keep only the known keys of an event, with their proper types.
 
+    :param trusted: ``False`` for events from the remote side: their
+        ``html_message`` is escaped, so it shows as text
     :raises ValueError: if ``event`` is not a dict or a field has a wrong type
     """
     if not isinstance(event, dict):
@@ -57,7 +59,9 @@ def sanitize_event(event: Any) -> dict[str, Any]:
         else:
             if not isinstance(val, str):
                 raise ValueError(f"event {key} must be a string")
-            out[key] = val
+            out[key] = val[:10_000]
+    if not trusted and "html_message" in out:
+        out["html_message"] = escape(out["html_message"])
     return out
 
 

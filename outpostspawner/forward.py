@@ -78,11 +78,13 @@ class ForwardBaseSpawner(ForwardTraits, Spawner):
     # --- events --------------------------------------------------------------
 
     async def add_event(self, event: dict) -> None:
-        """Add a progress event (after ``filter_events``) to the pending spawn.
+        """Add a progress event from the remote side (after ``filter_events``) to
+        the pending spawn. Its ``html_message`` is escaped; ``filter_events`` may
+        return HTML of the administrator's making.
 
         :raises ValueError: when the event (or the filter's result) is malformed
         """
-        event = sanitize_event(event)
+        event = sanitize_event(event, trusted=False)
         if self.filter_events is not None:
             event = await hooks.resolve(self, "filter_events", event=event, check=hooks.is_dict)
             if not event:
@@ -205,7 +207,7 @@ class ForwardBaseSpawner(ForwardTraits, Spawner):
             when ``raise_exception`` is false)
         """
         try:
-            resp = await self._http_client().fetch(action, req)
+            resp = await self._http_client().fetch(action, req, logger=self.log)
         except OutpostSpawnError:
             if raise_exception:
                 raise
@@ -245,6 +247,7 @@ class ForwardBaseSpawner(ForwardTraits, Spawner):
             self.log.info("%s: expecting the server at %s", self._log_name, url)
             return url
         except asyncio.CancelledError:
+            self.log.info("%s: start cancelled; removing what it created", self._log_name)
             try:
                 event = await hooks.resolve(self, "cancelling_event", check=hooks.is_dict)
                 if event:

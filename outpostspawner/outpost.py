@@ -21,7 +21,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HT
 
 from .errors import OutpostError
 
-log = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 #: callables ``(action, code, seconds)`` told about every finished request
 observers: list[Callable[[str, int, float], None]] = []
@@ -89,7 +89,7 @@ class OutpostClient:
             impl: type[AsyncHTTPClient] = CurlAsyncHTTPClient
         except ImportError:  # pragma: no cover - pycurl is a dependency
             impl = AsyncHTTPClient
-            log.warning("pycurl is not installed: Outpost connections are not kept alive")
+            _log.warning("pycurl is not installed: Outpost connections are not kept alive")
         self.http = impl(
             force_instance=True,
             max_clients=start_limit + request_limit,
@@ -99,15 +99,19 @@ class OutpostClient:
     def close(self) -> None:
         self.http.close()
 
-    async def fetch(self, action: str, request: HTTPRequest) -> Response:
+    async def fetch(
+        self, action: str, request: HTTPRequest, *, logger: logging.Logger | None = None
+    ) -> Response:
         """Send a request and map the answer.
 
         :param action: ``start``, ``poll``, ``stop`` ... (for logs, errors and metrics)
+        :param logger: where to log (the spawner passes JupyterHub's logger)
         :returns: the answer of a 2xx with its JSON body (``None`` for an empty body)
         :raises OutpostError: for any other answer, a connection failure or a
             timeout, with ``code`` the HTTP status (599 without an answer) and a
             message fit to show to users
         """
+        log = logger or _log
         slots = self._start_slots if action == "start" else self._request_slots
         url = _safe_url(request.url)
         async with slots:
@@ -126,7 +130,7 @@ class OutpostClient:
             try:
                 observer(action, code, elapsed)
             except Exception:
-                log.exception("Outpost request observer failed")
+                _log.exception("Outpost request observer failed")
         log.debug("%s %s %s -> %s in %.3fs", action, request.method, url, code, elapsed)
 
         if resp is None or code == 599:

@@ -164,7 +164,7 @@ class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
         self._event("Sending the start request to the Outpost.", 20)
         self._remote_started = True
         try:
-            resp = await self._http_client().fetch("start", req)
+            resp = await self._http_client().fetch("start", req, logger=self.log)
         except OutpostError as e:
             if self.failed_spawn_request_hook:
                 try:
@@ -296,7 +296,7 @@ class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
     async def _get_status(self) -> dict:
         url, headers, kwargs = await self._service_url(self.collect_logs_polling)
         req = self._make_request("request_kwargs", url, "GET", headers, kwargs)
-        resp = await self._http_client().fetch("poll", req)
+        resp = await self._http_client().fetch("poll", req, logger=self.log)
         body = resp.body
         if not isinstance(body, dict):
             raise OutpostError(
@@ -355,7 +355,7 @@ class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
             if await hooks.resolve(self, "stop_async", check=hooks.is_bool):
                 headers["execution-type"] = "async"
             req = self._make_request("request_kwargs", url, "DELETE", headers, kwargs)
-            resp = await self._http_client().fetch("stop", req)
+            resp = await self._http_client().fetch("stop", req, logger=self.log)
         except OutpostError as e:
             if e.code == 404:
                 self.log.info("%s: already gone at the Outpost", self._log_name)

@@ -471,11 +471,20 @@ async def test_progress_events(outpost_spawner_factory, reference_outpost):
     async for event in spawner._generate_progress():
         seen.append(event)
         if event.get("message") == "The Outpost started the server.":
-            await spawner.add_event({"progress": 95, "message": "remote says hi", "bogus": 1})
+            await spawner.add_event(
+                {
+                    "progress": 95,
+                    "message": "remote says hi",
+                    "html_message": "<b>hi</b>",
+                    "bogus": 1,
+                }
+            )
     await spawner._spawn_future
     spawner._spawn_pending = False
     assert seen[0] == {"progress": 0, "message": "Server requested"}
-    assert any(e["message"] == "REMOTE SAYS HI" and "bogus" not in e for e in seen)
+    (remote,) = [e for e in seen if e["message"] == "REMOTE SAYS HI"]
+    assert "bogus" not in remote
+    assert remote["html_message"] == "&lt;b&gt;hi&lt;/b&gt;"
     with pytest.raises(ValueError):
         await spawner.add_event({"progress": "lots"})
     await spawner.stop()

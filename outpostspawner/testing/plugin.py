@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import pytest
 
+try:  # async fixtures work in pytest-asyncio's strict and auto modes
+    from pytest_asyncio import fixture as async_fixture
+except ImportError:  # pragma: no cover - without pytest-asyncio the fixture cannot run anyway
+    async_fixture = pytest.fixture
+
 from .outpost import ReferenceOutpost
 from .spawner import make_spawner
 
 
-@pytest.fixture
+@async_fixture
 async def reference_outpost():
     """A running reference Outpost (credentials ``hub``/``secret``); stopped, with
     every service it started, after the test."""

@@ -90,6 +90,8 @@ async def custom_user_options(spawner, user_options):
 
 
 c.OutpostSpawner.custom_user_options = custom_user_options
+# the Outpost answers 202 at once and reports the address through the setuptunnel callback
+c.OutpostSpawner.start_async = lambda spawner: bool(spawner.user_options.get("e2e_async"))
 """
 
 
@@ -407,25 +409,28 @@ async def start_hub(tmp: Path, outpost: ReferenceOutpost) -> HubProcess:
         log_path=log_path,
     )
 
-    async def up():
+    async def up(url: str) -> bool:
         if process.returncode is not None:
             pytest.fail(
                 f"jupyterhub exited with {process.returncode} during start-up:\n{hub.log_tail()}",
                 pytrace=False,
             )
         try:
-            resp = await hub.fetch(f"{hub.url}/hub/api/", timeout=5)
+            resp = await hub.fetch(url, timeout=5)
         except ConnectionError:
             return False
         return resp.code == 200
 
     try:
-        await wait_for(
-            up,
-            timeout=HUB_READY_TIMEOUT,
-            interval=0.3,
-            message=lambda: f"jupyterhub to answer\n{hub.log_tail()}",
-        )
+        # the Hub itself first (the proxy would log every refused connection), then
+        # through the proxy
+        for url in (f"{hub.hub_url}/hub/api/", f"{hub.url}/hub/api/"):
+            await wait_for(
+                lambda url=url: up(url),
+                timeout=HUB_READY_TIMEOUT,
+                interval=0.3,
+                message=lambda url=url: f"jupyterhub to answer at {url}\n{hub.log_tail()}",
+            )
         hub.proxy_pid = await asyncio.to_thread(_read_pid, tmp / "proxy.pid")
     except BaseException:
         await stop_hub(hub)

@@ -48,11 +48,13 @@ async def assert_stopped_cleanly(hub, record, name: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)
 async def test_demo_check(tmp_path):
     """``run_demo.py --check`` starts the demo, spawns a server, reaches it and shuts down."""
     env = dict(os.environ, DEMO_PORT=str(free_port()), DEMO_DATA_DIR=str(tmp_path / "demo"))
     out = tmp_path / "demo.log"
-    with open(out, "wb") as logf:  # noqa: ASYNC230 - opening a fresh local file
+    logf = await asyncio.to_thread(open, out, "wb")
+    try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             str(REPO / "examples" / "demo" / "run_demo.py"),
@@ -64,14 +66,22 @@ async def test_demo_check(tmp_path):
             env=env,
             start_new_session=True,
         )
+    finally:
+        logf.close()
     try:
         code = await asyncio.wait_for(proc.wait(), timeout=120)
     except asyncio.TimeoutError:
+        # run_demo.py stops its children on SIGTERM (the Hub, then the Outpost)
         os.killpg(proc.pid, signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), timeout=30)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=80)
+        except asyncio.TimeoutError:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await asyncio.wait_for(proc.wait(), timeout=10)
         pytest.fail(f"run_demo.py --check timed out:\n{tail(out, 80)}")
+    output = await asyncio.to_thread(out.read_text)
     assert code == 0, tail(out, 80)
-    assert "demo check passed" in out.read_text()
+    assert "demo check passed" in output
 
 
 @pytest.mark.slow
@@ -228,6 +238,37 @@ async def test_slow_start_within_default_start_timeout(hub, outpost_settings):
 
     (start,) = hub.start_requests(user)
     record = hub.outpost.get_service(start.json["name"])
+    resp = await hub.api("DELETE", hub.server_path(user))
+    assert resp.code in (202, 204), resp.text
+    await hub.wait_stopped(user)
+    await assert_stopped_cleanly(hub, record, start.json["name"])
+
+
+async def test_async_start_address_by_callback(hub, outpost_settings):
+    """start_async: the Outpost answers 202, later POSTs the address to the Hub's
+    setuptunnel endpoint with the server's token, and the server becomes ready."""
+    user = "e2e-async"
+    token = await hub.create_user(user)
+    outpost_settings.start_delay = 0.5
+    resp = await hub.api("POST", hub.server_path(user), body={"e2e_async": True})
+    assert resp.code in (201, 202), resp.text
+    await hub.wait_ready(user)
+    await assert_singleuser_api(hub, user, "", token)
+    (start,) = hub.start_requests(user)
+    assert start.headers.get("Execution-Type") == "async"
+    record = hub.outpost.get_service(start.json["name"])
+    assert record.address_reported == 202
+
+    # another user's token may not report an address for this server
+    other = await hub.create_user("e2e-async-other")
+    resp = await hub.fetch(
+        f"{hub.url}/hub/api/users/{user}/setuptunnel",
+        method="POST",
+        token=other,
+        body={"service": "127.0.0.1:1"},
+    )
+    assert resp.code in (403, 404), resp.code
+
     resp = await hub.api("DELETE", hub.server_path(user))
     assert resp.code in (202, 204), resp.text
     await hub.wait_stopped(user)
