@@ -50,8 +50,8 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The README's test command: lint, the whole suite on JupyterHub 6, the suite on 5.x
-test: install venv-jh5 lint test-jh6 test-jh5
+# The README's test command: lint, docs, the whole suite on JupyterHub 6, the suite on 5.x
+test: install venv-jh5 lint docs test-jh6 test-jh5
 
 test-jh6: install
 	$(PY) -m pytest -p no:cacheprovider

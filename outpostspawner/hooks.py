@@ -267,12 +267,3 @@ def is_str_list(v: Any) -> list[str]:
     if isinstance(v, list | tuple) and all(isinstance(s, str) for s in v):
         return list(v)
     raise TypeError(f"expected a list of strings, got {_type_name(v)}")
-
-
-def is_event(v: Any) -> dict:
-    d = is_dict(v)
-    return d
-
-
-def anything(v: Any) -> Any:
-    return v
