@@ -24,6 +24,7 @@ from .addresses import ServiceAddress, parse_service_address
 from .errors import OutpostSpawnError
 from .events import EventLog, make_event, sanitize_event
 from .names import expand_template
+from .seams import ForwardSeams
 from .traits_forward import ForwardTraits
 
 
@@ -39,7 +40,7 @@ def _pre_poll_value(v: Any) -> Any:
     raise TypeError(f"expected True, False, None or an exit code, got {type(v).__name__}")
 
 
-class ForwardBaseSpawner(ForwardTraits, Spawner):
+class ForwardBaseSpawner(ForwardTraits, ForwardSeams, Spawner):
     """A spawner whose servers run elsewhere and are made reachable by forwarding.
 
     The start has three outcomes (see the architecture docs): the remote address
@@ -505,40 +506,6 @@ class ForwardBaseSpawner(ForwardTraits, Spawner):
             self.port_forward_info.pop("remote", None)
         except Exception:
             self.log.exception("%s: removing the remote forward failed", self._log_name)
-
-    # The built-in SSH forwarder and Kubernetes Service client implement these.
-
-    forward_connect_host = "127.0.0.1"
-
-    async def _forward_add(self, info: dict) -> None:
-        raise OutpostSpawnError(
-            "The server needs an SSH port forward, but no forwarder is configured "
-            "(set ssh_custom_forward).",
-            reason="config",
-        )
-
-    async def _forward_remove(self, info: dict) -> None:
-        return None
-
-    async def _service_create(self, info: dict) -> tuple[str, int]:
-        raise OutpostSpawnError(
-            "The server needs a Kubernetes Service, but no Service client is configured "
-            "(set ssh_custom_svc, or svc_create = False).",
-            reason="config",
-        )
-
-    async def _service_delete(self, info: dict) -> None:
-        return None
-
-    async def _remote_forward_add(self, info: dict) -> None:
-        raise OutpostSpawnError(
-            "A remote port forward is required, but no forwarder is configured "
-            "(set ssh_custom_forward_remote).",
-            reason="config",
-        )
-
-    async def _remote_forward_remove(self, info: dict) -> None:
-        return None
 
     # --- subclass API ----------------------------------------------------------
 
