@@ -57,6 +57,7 @@ class ForwardBaseSpawner(ForwardTraits, ForwardSeams, Spawner):
         self._cleaned = False  # local and remote resources are gone
         self._cleanup_task: asyncio.Task | None = None
         self._address: asyncio.Future | None = None
+        self._remote_failure: asyncio.Future | None = None
         self._tunnel_requested = False
         self._restored = False  # state loaded from the database, not yet polled
         self._poll_interval_ms: float = 0
@@ -229,24 +230,20 @@ class ForwardBaseSpawner(ForwardTraits, ForwardSeams, Spawner):
         self._cleanup_task = None
         self._address = None
         self._restored = False
+        self._remote_failure = asyncio.get_running_loop().create_future()
+        steps = asyncio.ensure_future(self._start_steps())
         try:
-            port = await hooks.resolve(
-                self, "custom_port", user_options=self.user_options or {}, check=hooks.is_port
-            )
-            self.port = port or random_port()
-            await self._open_remote_forward()
-            answer = await self._start()
-            if self.update_start_response:
-                answer = await hooks.resolve(
-                    self, "update_start_response", start_response=answer, check=hooks.is_str
+            try:
+                await asyncio.wait(
+                    {steps, self._remote_failure}, return_when=asyncio.FIRST_COMPLETED
                 )
-            url = await self._connect(answer)
-            if self.update_expected_path:
-                url = await hooks.resolve(
-                    self, "update_expected_path", expected_path=url, check=hooks.is_str
-                )
-            self.log.info("%s: expecting the server at %s", self._log_name, url)
-            return url
+            finally:
+                if not steps.done():
+                    steps.cancel()
+                    await asyncio.wait({steps})
+            if steps.cancelled() and self._remote_failure.done():
+                raise self._remote_failure.result()
+            return steps.result()
         except asyncio.CancelledError:
             self.log.info("%s: start cancelled; removing what it created", self._log_name)
             try:
@@ -264,6 +261,40 @@ class ForwardBaseSpawner(ForwardTraits, ForwardSeams, Spawner):
             if error is e:
                 raise
             raise error from e
+        finally:
+            self._remote_failure = None
+
+    async def _start_steps(self) -> str:
+        port = await hooks.resolve(
+            self, "custom_port", user_options=self.user_options or {}, check=hooks.is_port
+        )
+        self.port = port or random_port()
+        await self._open_remote_forward()
+        answer = await self._start()
+        if self.update_start_response:
+            answer = await hooks.resolve(
+                self, "update_start_response", start_response=answer, check=hooks.is_str
+            )
+        url = await self._connect(answer)
+        if self.update_expected_path:
+            url = await hooks.resolve(
+                self, "update_expected_path", expected_path=url, check=hooks.is_str
+            )
+        self.log.info("%s: expecting the server at %s", self._log_name, url)
+        return url
+
+    def fail_pending(self, reason: str) -> bool:
+        """Fail the pending start with ``reason`` (plain text, shown escaped), e.g.
+        when the remote side reports that the server cannot start.
+
+        :returns: whether a start was pending
+        """
+        if self._remote_failure is None or self._remote_failure.done():
+            return False
+        self._remote_failure.set_result(
+            OutpostSpawnError(f"The server failed to start: {reason}", reason="remote")
+        )
+        return True
 
     def _spawn_error(self, e: Exception) -> Exception:
         if isinstance(e, OutpostSpawnError):

@@ -6,12 +6,17 @@ imported); :mod:`outpostspawner` imports it.
 
 from jupyterhub import apihandlers
 
+from .events import EventsAPIHandler
 from .setuptunnel import SetupTunnelAPIHandler
 
-handlers = [
-    (r"/api/users/setuptunnel/([^/]+)/?", SetupTunnelAPIHandler),
-    (r"/api/users/setuptunnel/([^/]+)/([^/]+)/?", SetupTunnelAPIHandler),
-]
+handlers = []
+for _prefix, _handler in (
+    ("/api/users/setuptunnel/", SetupTunnelAPIHandler),
+    ("/api/users/progress/events/", EventsAPIHandler),
+):
+    # the default server, then named servers; each path argument narrows the scope
+    handlers.append((_prefix + r"([^/]+)/?", _handler))
+    handlers.append((_prefix + r"([^/]+)/([^/]+)/?", _handler))
 
 
 def register() -> None:
