@@ -221,3 +221,20 @@ def test_entry_point():
 
     eps = {ep.name: ep for ep in entry_points(group="jupyterhub.spawners")}
     assert eps["outpost"].load() is OutpostSpawner
+
+
+def test_user_flavors_never_change_the_shared_cache():
+    import copy
+
+    from outpostspawner.handlers.flavors import user_flavors
+
+    cache = {"a": {"small": {"max": 4, "current": 3}}, "b": {"big": {"max": 1, "current": 0}}}
+    before = copy.deepcopy(cache)
+    per_user = {"a": {"small": {"max": 10, "current": 0}}, "b": False}
+    result = user_flavors(cache, per_user)
+    assert result == {"a": {"small": {"max": 10, "current": 3}}}
+    assert cache == before
+    assert per_user["a"]["small"]["current"] == 0
+    result["a"]["small"]["max"] = 99
+    assert cache == before
+    assert user_flavors(cache, None) == cache

@@ -7,6 +7,8 @@ imported); :mod:`outpostspawner` imports it.
 from jupyterhub import apihandlers
 
 from .events import EventsAPIHandler
+from .flavors import FlavorsAPIHandler, UserFlavorsAPIHandler
+from .servers import RecreateForwardAPIHandler, ServerListAPIHandler
 from .setuptunnel import SetupTunnelAPIHandler
 
 handlers = []
@@ -17,6 +19,12 @@ for _prefix, _handler in (
     # the default server, then named servers; each path argument narrows the scope
     handlers.append((_prefix + r"([^/]+)/?", _handler))
     handlers.append((_prefix + r"([^/]+)/([^/]+)/?", _handler))
+handlers += [
+    (r"/api/servers/?", ServerListAPIHandler),
+    (r"/api/recreateforward/([^/]+)/?", RecreateForwardAPIHandler),
+    (r"/api/outpostflavors/([^/]+)/?", FlavorsAPIHandler),
+    (r"/api/outpostflavors/?", UserFlavorsAPIHandler),
+]
 
 
 def register() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -30,3 +31,22 @@ class OutpostAPIHandler(APIHandler):
         if user is None or server_name not in user.orm_spawners:
             raise web.HTTPError(404, "no such server")
         return user, user.spawners[server_name]
+
+
+def needs_custom_scope(scope: str):
+    """Like JupyterHub's ``needs_scope``, for a ``custom:`` scope, which JupyterHub
+    knows only once ``c.JupyterHub.custom_scopes`` is loaded."""
+
+    def decorator(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            if not self.current_user:
+                raise web.HTTPError(403, "Missing or invalid credentials.")
+            if scope not in self.parsed_scopes:
+                self.log.warning("Not authorizing %s: requires %s", self.request.path, scope)
+                raise web.HTTPError(403, f"Action is not authorized: requires {scope}")
+            return method(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorator

@@ -62,13 +62,31 @@ c.JupyterHub.authenticator_class = "dummy"
 c.DummyAuthenticator.password = settings["password"]
 c.Authenticator.allow_all = True
 c.JupyterHub.allow_named_servers = True
-c.JupyterHub.services = [{{"name": "e2e", "api_token": settings["api_token"]}}]
+c.JupyterHub.services = [
+    {{"name": "e2e", "api_token": settings["api_token"]}},
+    {{"name": "outpost", "api_token": settings["outpost_service_token"]}},
+]
+# the custom scopes of the Outpost endpoints, granted to the Outpost's service token
+c.JupyterHub.custom_scopes = {{
+    "custom:servers:list": {{"description": "list running servers"}},
+    "custom:sshnode:restart": {{"description": "rebuild the tunnels through an SSH node"}},
+    "custom:outpostflavors:set": {{"description": "report an Outpost's flavors"}},
+}}
 c.JupyterHub.load_roles = [
     {{
         "name": "e2e-admin",
         "scopes": ["admin:users", "admin:servers", "tokens", "access:servers"],
         "services": ["e2e"],
-    }}
+    }},
+    {{
+        "name": "outpost",
+        "scopes": [
+            "custom:servers:list",
+            "custom:sshnode:restart",
+            "custom:outpostflavors:set",
+        ],
+        "services": ["outpost"],
+    }},
 ]
 # answer POST .../server at once; tests wait for readiness themselves
 c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
@@ -198,6 +216,7 @@ class HubProcess:
     proxy_api_url: str
     proxy_token: str = field(repr=False)
     api_token: str = field(repr=False)
+    outpost_service_token: str = field(repr=False)
     password: str = field(repr=False)
     outpost: ReferenceOutpost
     process: asyncio.subprocess.Process
@@ -377,6 +396,7 @@ async def start_hub(tmp: Path, outpost: ReferenceOutpost) -> HubProcess:
         "proxy_pid_file": str(tmp / "proxy.pid"),
         "password": secrets.token_hex(8),
         "api_token": secrets.token_hex(32),
+        "outpost_service_token": secrets.token_hex(32),
         "outpost_url": outpost.services_url,
         "outpost_auth": ReferenceOutpost.basic_auth_header(*OUTPOST_CREDENTIALS)["Authorization"],
     }
@@ -403,6 +423,7 @@ async def start_hub(tmp: Path, outpost: ReferenceOutpost) -> HubProcess:
         proxy_api_url=f"http://127.0.0.1:{api_port}",
         proxy_token=settings["proxy_token"],
         api_token=settings["api_token"],
+        outpost_service_token=settings["outpost_service_token"],
         password=settings["password"],
         outpost=outpost,
         process=process,

@@ -131,3 +131,57 @@ async def test_hostile_callback_bodies(hub, outpost_settings):
     assert resp.code in (202, 204), resp.text
     await hub.wait_stopped(user)
     assert hub.outpost.get_service(record.name) is None
+
+
+async def test_server_list_flavors_and_recreate_scopes(hub, outpost_settings):
+    user = "cb-list"
+    user_token = await hub.create_user(user)
+    resp = await hub.api("POST", hub.server_path(user))
+    assert resp.code in (201, 202), resp.text
+    await hub.wait_ready(user)
+    (start,) = hub.start_requests(user)
+    expected = f"{start.json['env']['JUPYTERHUB_USER_ID']}_{start.json['name']}_{start.json['user_options']['start_id']}"
+
+    outpost = hub.outpost_service_token
+    resp = await hub.fetch(f"{hub.hub_url}/hub/api/servers", token=outpost)
+    assert resp.code == 200, resp.text
+    assert expected in resp.json()
+    # without the custom scope: refused
+    resp = await hub.fetch(f"{hub.hub_url}/hub/api/servers", token=user_token)
+    assert resp.code == 403
+
+    flavors = {"small": {"max": 4, "current": 1, "display_name": "<b>small</b>"}}
+    url = f"{hub.hub_url}/hub/api/outpostflavors/system-a"
+    resp = await hub.fetch(url, "POST", token=user_token, body=flavors)
+    assert resp.code == 403
+    resp = await hub.fetch(url, "POST", token=outpost, body=flavors)
+    assert resp.code == 204, resp.text
+    for bad in (["x"], {"small": 3}):
+        resp = await hub.fetch(url, "POST", token=outpost, body=bad)
+        assert resp.code == 400
+    resp = await hub.fetch(
+        f"{hub.hub_url}/hub/api/outpostflavors/-oProxyCommand", "POST", token=outpost, body={}
+    )
+    assert resp.code == 400
+    resp = await hub.fetch(f"{hub.hub_url}/hub/api/outpostflavors", token=user_token)
+    assert resp.code == 200
+    assert resp.json() == {"system-a": flavors}
+
+    resp = await hub.fetch(f"{hub.hub_url}/hub/api/recreateforward/node1.example", token=outpost)
+    assert resp.code == 202 and resp.json() == {"tunnels": 0}
+    resp = await hub.fetch(f"{hub.hub_url}/hub/api/recreateforward/node1", token=user_token)
+    assert resp.code == 403
+    resp = await hub.fetch(f"{hub.hub_url}/hub/api/recreateforward/-oX", token=outpost)
+    assert resp.code == 400
+
+    # a failure reported for a running server stops it
+    record = hub.outpost.get_service(start.json["name"])
+    resp = await hub.fetch(
+        record.env["JUPYTERHUB_EVENTS_URL"],
+        "POST",
+        token=record.env["JUPYTERHUB_API_TOKEN"],
+        body={"failed": True, "message": "node crashed"},
+    )
+    assert resp.code == 204, resp.text
+    await hub.wait_stopped(user)
+    assert hub.outpost.get_service(start.json["name"]) is None
