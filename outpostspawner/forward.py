@@ -23,6 +23,7 @@ from . import hooks
 from .addresses import ServiceAddress, parse_service_address
 from .errors import OutpostSpawnError
 from .events import EventLog, make_event, sanitize_event
+from .k8s import KubernetesServiceMixin
 from .names import expand_template
 from .seams import ForwardSeams
 from .traits_forward import ForwardTraits
@@ -40,7 +41,7 @@ def _pre_poll_value(v: Any) -> Any:
     raise TypeError(f"expected True, False, None or an exit code, got {type(v).__name__}")
 
 
-class ForwardBaseSpawner(ForwardTraits, ForwardSeams, Spawner):
+class ForwardBaseSpawner(ForwardTraits, KubernetesServiceMixin, ForwardSeams, Spawner):
     """A spawner whose servers run elsewhere and are made reachable by forwarding.
 
     The start has three outcomes (see the architecture docs): the remote address
