@@ -26,6 +26,7 @@ from .events import EventLog, make_event, sanitize_event
 from .k8s import KubernetesServiceMixin
 from .names import expand_template
 from .seams import ForwardSeams
+from .ssh import SSHForwardMixin
 from .traits_forward import ForwardTraits
 
 
@@ -41,7 +42,9 @@ def _pre_poll_value(v: Any) -> Any:
     raise TypeError(f"expected True, False, None or an exit code, got {type(v).__name__}")
 
 
-class ForwardBaseSpawner(ForwardTraits, KubernetesServiceMixin, ForwardSeams, Spawner):
+class ForwardBaseSpawner(
+    ForwardTraits, SSHForwardMixin, KubernetesServiceMixin, ForwardSeams, Spawner
+):
     """A spawner whose servers run elsewhere and are made reachable by forwarding.
 
     The start has three outcomes (see the architecture docs): the remote address
@@ -494,19 +497,28 @@ class ForwardBaseSpawner(ForwardTraits, KubernetesServiceMixin, ForwardSeams, Sp
                 self.log.exception("%s: removing the port forward failed", self._log_name)
 
     async def _restore_forward(self) -> bool:
-        """After a Hub restart: rebuild the tunnel of a running server when
-        ``ssh_recreate_at_start`` says so. Returns False when it could not be rebuilt."""
+        """After a Hub restart: rebuild the forward and the remote forward of a running
+        server when ``ssh_recreate_at_start`` says so (the Service is kept, not
+        recreated). Returns False when they could not be rebuilt."""
         info = self.port_forward_info
-        if not info.get("service"):
+        remote = info.get("remote")
+        if not info.get("forward") and not remote:
             return True
         if not await hooks.resolve(self, "ssh_recreate_at_start", check=hooks.is_bool):
             return True
         try:
-            if self.ssh_custom_forward:
-                await hooks.resolve(self, "ssh_custom_forward", port_forward_info=info)
-            else:
-                await self._forward_add(info)
-            info["forward"] = True
+            if info.get("forward"):
+                if self.ssh_custom_forward:
+                    await hooks.resolve(self, "ssh_custom_forward", port_forward_info=info)
+                else:
+                    await self._forward_add(info)
+            if remote:
+                if self.ssh_custom_forward_remote:
+                    await hooks.resolve(
+                        self, "ssh_custom_forward_remote", remote_port_forward_info=remote
+                    )
+                else:
+                    await self._remote_forward_add(remote)
             return True
         except Exception:
             self.log.exception("%s: could not rebuild the tunnel", self._log_name)

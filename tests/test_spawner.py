@@ -557,7 +557,7 @@ async def test_custom_forward_and_service(outpost_spawner_factory, reference_out
 
 async def test_forward_without_forwarder_fails_cleanly(outpost_spawner_factory, reference_outpost):
     spawner = outpost_spawner_factory(ssh_during_startup=True)
-    with pytest.raises(OutpostSpawnError, match="no forwarder is configured"):
+    with pytest.raises(OutpostSpawnError, match="ssh_node is not set"):
         await spawner.start()
     await spawner.stop()
     assert reference_outpost.services == {}

@@ -45,3 +45,22 @@ def outpost_spawner_factory(reference_outpost):
         return make_spawner(**kwargs)
 
     return factory
+
+
+@async_fixture
+async def sshd(tmp_path_factory):
+    """A running OpenSSH server (:class:`outpostspawner.testing.sshd.TestSSHD`) on a
+    free port of ``127.0.0.1`` that accepts the test user's ``client_key``; stopped
+    after the test. ``make system-deps`` installs OpenSSH's server."""
+    import os
+
+    from .sshd import SSHD, TestSSHD
+
+    if not os.access(SSHD, os.X_OK):
+        pytest.fail(f"{SSHD} is not installed: run `make system-deps`", pytrace=False)
+    server = TestSSHD(tmp_path_factory.mktemp("sshd"))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
