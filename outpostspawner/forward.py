@@ -19,7 +19,7 @@ from tornado import web
 from tornado.httpclient import HTTPRequest
 from tornado.ioloop import PeriodicCallback
 
-from . import hooks
+from . import hooks, metrics
 from .addresses import ServiceAddress, parse_service_address
 from .errors import OutpostSpawnError
 from .events import EventLog, make_event, sanitize_event
@@ -135,6 +135,8 @@ class ForwardBaseSpawner(
         self.start_id = str(state["start_id"])
         self.port = int(state.get("port") or 0)
         self.port_forward_info = dict(state.get("port_forward_info") or {})
+        if self.port_forward_info.get("forward"):
+            metrics.forward_opened(self.start_id)
         self.events = EventLog(self.events_max, state.get("events") or [])
         self._poll_interval_ms = float(state.get("poll_interval_ms") or 0)
         self._restored = True
@@ -462,6 +464,7 @@ class ForwardBaseSpawner(
         else:
             await self._forward_add(info)
         info["forward"] = True
+        metrics.forward_opened(self.start_id)
         if self.ssh_custom_svc:
             host, port = await hooks.resolve(
                 self, "ssh_custom_svc", port_forward_info=info, check=_is_host_port
@@ -493,6 +496,7 @@ class ForwardBaseSpawner(
                 elif not self.ssh_custom_forward:
                     await self._forward_remove(info)
                 info["forward"] = False
+                metrics.forward_closed(self.start_id)
             except Exception:
                 self.log.exception("%s: removing the port forward failed", self._log_name)
 
@@ -519,10 +523,12 @@ class ForwardBaseSpawner(
                     )
                 else:
                     await self._remote_forward_add(remote)
-            return True
         except Exception:
             self.log.exception("%s: could not rebuild the tunnel", self._log_name)
+            metrics.TUNNEL_REBUILDS.labels(reason="hub_restart", outcome="failed").inc()
             return False
+        metrics.TUNNEL_REBUILDS.labels(reason="hub_restart", outcome="ok").inc()
+        return True
 
     async def _open_remote_forward(self) -> None:
         info = {"port": self.port}

@@ -19,12 +19,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
+from . import metrics
 from .errors import OutpostError
 
 _log = logging.getLogger(__name__)
 
 #: callables ``(action, code, seconds)`` told about every finished request
-observers: list[Callable[[str, int, float], None]] = []
+observers: list[Callable[[str, int, float], None]] = [metrics.observe_request]
 
 _MAX_TEXT = 1000
 

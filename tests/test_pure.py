@@ -238,3 +238,48 @@ def test_user_flavors_never_change_the_shared_cache():
     result["a"]["small"]["max"] = 99
     assert cache == before
     assert user_flavors(cache, None) == cache
+
+
+async def test_metrics_count_requests_and_forwards(outpost_spawner_factory, reference_outpost):
+    from prometheus_client import REGISTRY
+
+    def sample(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0
+
+    before_start = sample(
+        "outpostspawner_outpost_request_duration_seconds_count", action="start", status="200"
+    )
+    spawner = outpost_spawner_factory(
+        ssh_during_startup=True,
+        ssh_custom_forward=lambda spawner, port_forward_info: None,
+        ssh_custom_forward_remove=lambda spawner, port_forward_info: None,
+        svc_create=False,
+    )
+    forwards = sample("outpostspawner_active_forwards")
+    await spawner.start()
+    assert sample("outpostspawner_active_forwards") == forwards + 1
+    after = sample(
+        "outpostspawner_outpost_request_duration_seconds_count", action="start", status="200"
+    )
+    assert after == before_start + 1
+
+    # a Hub restart: the restored spawner counts its forward once, and the rebuild
+    restored = outpost_spawner_factory(
+        ssh_recreate_at_start=True,
+        ssh_custom_forward=lambda spawner, port_forward_info: None,
+        ssh_custom_forward_remove=lambda spawner, port_forward_info: None,
+    )
+    rebuilds = sample("outpostspawner_tunnel_rebuilds_total", reason="hub_restart", outcome="ok")
+    restored.load_state(spawner.get_state())
+    assert await restored.poll() is None
+    assert sample("outpostspawner_active_forwards") == forwards + 1
+    assert (
+        sample("outpostspawner_tunnel_rebuilds_total", reason="hub_restart", outcome="ok")
+        == rebuilds + 1
+    )
+    await restored.stop()
+    assert sample("outpostspawner_active_forwards") == forwards
+    assert (
+        sample("outpostspawner_outpost_request_duration_seconds_count", action="stop", status="200")
+        >= 1
+    )

@@ -30,6 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from .. import metrics
 from .app import TOKEN_ENV
 from .client import ForwarderClient
 from .errors import ForwardError, ForwarderUnavailable
@@ -357,6 +358,7 @@ class _Shard:
         if self.supervisor.closed or self.process is not process:
             return
         self.restarts += 1
+        metrics.FORWARDER_RESTARTS.inc()
         lived = time.monotonic() - process.started
         log.error("%s (pid %s) exited with %s; restarting", self.name, process.pid, code)
         if lived > 60:
@@ -503,6 +505,7 @@ class RemoteForwarder(ForwarderBackend):
         instance = health.get("instance")
         if self._instance is not None and instance != self._instance:
             log.warning("SSH forwarder %s restarted; restoring its forwards", self.url)
+            metrics.FORWARDER_RESTARTS.inc()
             await self._readd(self._client, self.registry.restorable(), self.url)
         self._instance = instance
 

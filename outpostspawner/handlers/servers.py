@@ -12,6 +12,7 @@ import json
 
 from jupyterhub import orm
 
+from .. import metrics
 from ..addresses import is_valid_host
 from .base import OutpostAPIHandler, needs_custom_scope
 
@@ -74,3 +75,7 @@ class RecreateForwardAPIHandler(OutpostAPIHandler):
                 await spawner._forward_add(spawner.port_forward_info)
             except Exception:
                 self.log.exception("%s: rebuilding the tunnel failed", spawner._log_name)
+                outcome = "failed"
+            else:
+                outcome = "ok"
+            metrics.TUNNEL_REBUILDS.labels(reason="node_restart", outcome=outcome).inc()

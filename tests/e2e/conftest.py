@@ -75,7 +75,7 @@ c.JupyterHub.custom_scopes = {{
 c.JupyterHub.load_roles = [
     {{
         "name": "e2e-admin",
-        "scopes": ["admin:users", "admin:servers", "tokens", "access:servers"],
+        "scopes": ["admin:users", "admin:servers", "tokens", "access:servers", "read:metrics"],
         "services": ["e2e"],
     }},
     {{

@@ -185,3 +185,23 @@ async def test_server_list_flavors_and_recreate_scopes(hub, outpost_settings):
     assert resp.code == 204, resp.text
     await hub.wait_stopped(user)
     assert hub.outpost.get_service(start.json["name"]) is None
+
+
+async def test_metrics_on_hub_metrics(hub, outpost_settings):
+    """The package's metrics are served with JupyterHub's own."""
+    user = "cb-metrics"
+    await hub.create_user(user)
+    resp = await hub.api("POST", hub.server_path(user))
+    assert resp.code in (201, 202), resp.text
+    await hub.wait_ready(user)
+    resp = await hub.fetch(f"{hub.hub_url}/hub/metrics", token=hub.api_token)
+    assert resp.code == 200, resp.code
+    text = resp.text
+    assert (
+        'outpostspawner_outpost_request_duration_seconds_count{action="start",status="200"}' in text
+    )
+    assert "outpostspawner_active_forwards" in text
+    assert "outpostspawner_forwarder_restarts_total" in text
+    resp = await hub.api("DELETE", hub.server_path(user))
+    assert resp.code in (202, 204), resp.text
+    await hub.wait_stopped(user)
