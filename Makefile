@@ -28,7 +28,7 @@ system-deps:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(JH6)" -e ".[test,docs,lint]"
+	$(PY) -m pip install -q "$(JH6)" -e ".[test,docs,lint,bench]"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -43,7 +44,9 @@ try:
     import aiohttp
     import psutil
 except ImportError as e:  # pragma: no cover - both come with the test extras
-    sys.exit(f"benchmarks/run.py needs aiohttp and psutil ({e}); install '.[test]'")
+    sys.exit(
+        f"benchmarks/run.py needs aiohttp and psutil ({e}); install '.[bench]' (make install does)"
+    )
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -125,19 +128,87 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
+def _remove_old_runs(work: Path, package: str) -> None:
+    """Remove the logs of earlier runs of a package (``<package>``, ``<package>-<i>``)."""
+    pattern = re.compile(rf"{re.escape(package)}(-\d+)?")
+    for old in work.iterdir():
+        if old.is_dir() and pattern.fullmatch(old.name):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _source_digest(package_dir: Path) -> str:
+    """sha256 over the package's Python sources: which code a run measured."""
+    h = hashlib.sha256()
+    for path in sorted(package_dir.rglob("*.py")):
+        h.update(str(path.relative_to(package_dir)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _fresh_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
 
 
-def _cpu_seconds(proc: psutil.Process | None) -> float | None:
+def _cpu_times(proc: psutil.Process | None) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of the process itself (not of its children)."""
     if proc is None:
         return None
     try:
         t = proc.cpu_times()
     except psutil.Error:
         return None
-    return t.user + t.system
+    return t.user, t.system
+
+
+def _cpu_delta(a: tuple[float, float] | None, b: tuple[float, float] | None) -> float | None:
+    """CPU seconds (user + system) between two :func:`_cpu_times` samples."""
+    return None if a is None or b is None else rnd(sum(b) - sum(a))
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
+    t = psutil.cpu_times()
+    return sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq"))
+
+
+class LoadMeter:
+    """CPU used by processes other than the given ones, in % of one core: the
+    benchmark shares the machine, and load from elsewhere distorts its numbers."""
+
+    def __init__(self, procs: list[psutil.Process | None]):
+        self.procs = [p for p in procs if p is not None]
+        self.start = self._read()
+
+    def _read(self) -> tuple[float, float, float]:
+        ours = 0.0
+        for p in self.procs:
+            t = _cpu_times(p)
+            ours += sum(t) if t else 0.0
+        return time.monotonic(), _busy_seconds(), ours
+
+    def other_percent(self) -> float:
+        t0, busy0, ours0 = self.start
+        t1, busy1, ours1 = self._read()
+        return max(0.0, 100 * ((busy1 - busy0) - (ours1 - ours0)) / max(t1 - t0, 1e-6))
+
+
+async def wait_quiet(limit: float, timeout: float) -> float:
+    """Wait until processes other than this one use less than ``limit`` % of a core
+    (5 s samples), at most ``timeout`` seconds; returns the last sample."""
+    me = psutil.Process()
+    deadline = time.monotonic() + timeout
+    told = False
+    while True:
+        meter = await asyncio.to_thread(LoadMeter, [me])
+        await asyncio.sleep(5)
+        other = await asyncio.to_thread(meter.other_percent)
+        if other < limit or time.monotonic() > deadline:
+            if told or other >= limit:
+                log(f"other processes use {other:.0f}% of a core, going on")
+            return other
+        if not told:
+            log(f"other processes use {other:.0f}% of a core: waiting for a quiet machine")
+            told = True
 
 
 def _listeners(pid: int, except_port: int) -> int | None:
@@ -284,6 +355,7 @@ async def ours_env(python: str) -> Env:
     if real != await asyncio.to_thread(os.path.realpath, REPO / "outpostspawner"):
         raise BenchError(f"{python} imports outpostspawner from {where}, not from {REPO}")
     versions = await versions_of(python, "outpostspawner", "jupyterhub", "tornado", "pycurl")
+    versions["outpostspawner sources"] = await asyncio.to_thread(_source_digest, Path(real))
     jh = Path(python).parent / "jupyterhub"
     if not await asyncio.to_thread(jh.exists):
         raise BenchError(f"no jupyterhub next to {python}")
@@ -347,6 +419,7 @@ class Result:
     description: str
     versions: dict[str, str]
     n: int
+    repeat: int
     ok: bool = False
     error: str | None = None
     spawn: dict[str, Any] = field(default_factory=dict)
@@ -355,6 +428,8 @@ class Result:
     leftovers: dict[str, Any] = field(default_factory=dict)
     hub_log: dict[str, Any] = field(default_factory=dict)
     failures: int | None = None
+    #: processes outside the benchmark used more than --max-other-load while measuring
+    disturbed: bool = False
     leftovers_total: int | None = None
     processes_after_teardown: int | None = None
     workdir: str = ""
@@ -363,12 +438,14 @@ class Result:
 class Run:
     """Everything one package's measurement starts, and its teardown."""
 
-    def __init__(self, env: Env, args: argparse.Namespace, ours_python: str, work: Path):
+    def __init__(
+        self, env: Env, args: argparse.Namespace, ours_python: str, work: Path, repeat: int
+    ):
         self.env = env
         self.args = args
         self.ours_python = ours_python
-        self.dir = work / env.package
-        self.result = Result(env.package, PACKAGES[env.package], env.versions, args.n)
+        self.dir = work / (env.package if args.repeat == 1 else f"{env.package}-{repeat}")
+        self.result = Result(env.package, PACKAGES[env.package], env.versions, args.n, repeat)
         self.result.workdir = str(self.dir)
         self.outpost: asyncio.subprocess.Process | None = None
         self.hub: asyncio.subprocess.Process | None = None
@@ -575,10 +652,32 @@ class Run:
 
     # --- phases -----------------------------------------------------------------------
 
+    async def proxy_routes(self) -> set[str] | None:
+        """Route paths in configurable-http-proxy (asked from the proxy, not the Hub)."""
+        try:
+            async with self.http.get(
+                f"http://127.0.0.1:{self.proxy_api_port}/api/routes",
+                headers={"Authorization": f"token {self.proxy_token}"},
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as r:
+                if r.status != 200:
+                    return None
+                return set(await r.json())
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return None
+
     async def spawn_all(self) -> None:
+        """Start every server at once; a server counts as ready when its route is in
+        the proxy (JupyterHub adds it as the last step of a spawn) and the Hub's API
+        confirms it. The route table is read from the proxy, so watching the spawns
+        adds no load to the Hub; the Hub's API is asked every ``api_check_interval``
+        seconds (to notice failed spawns) and once more when all routes are there."""
         sem = asyncio.Semaphore(self.args.concurrency)
         t0 = time.monotonic()
         timeout = aiohttp.ClientTimeout(total=self.args.ready_timeout)
+        routes = {s.user: f"/user/{s.user}/{s.name}" for s in self.servers}
+        meter = await asyncio.to_thread(self.load_meter)
+        hub_cpu0 = await asyncio.to_thread(_cpu_times, self.hub_ps)
 
         async def start(s: Server) -> None:
             async with sem:
@@ -602,34 +701,50 @@ class Run:
                 elif r.status != 202:
                     s.failed = f"start request answered {r.status}: {text[:200]}"
 
-        tasks = [asyncio.ensure_future(start(s)) for s in self.servers]
         deadline = t0 + self.args.ready_timeout
+        next_api_check = t0 + self.args.api_check_interval
+        tasks = [asyncio.ensure_future(start(s)) for s in self.servers]
         try:
             while True:
-                asked = time.monotonic()
-                try:
-                    active = await self.active_servers()
-                except (aiohttp.ClientError, asyncio.TimeoutError, BenchError) as e:
-                    log(f"{self.env.package}: listing servers failed: {e}")
-                    active = None
+                await asyncio.sleep(self.args.check_interval)
                 now = time.monotonic()
-                if active is not None:
+                present = await self.proxy_routes()
+                seen = time.monotonic()
+                if present is not None:
+                    present = {path.rstrip("/") for path in present}
                     for s in self.servers:
-                        if s.failed or s.ready_s is not None:
-                            continue
-                        model = active.get(s.user)
-                        if model and model.get("ready"):
-                            s.ready_s = now - t0
-                        elif model is None and s.post_s is not None and t0 + s.post_s < asked:
-                            s.failed = "the server disappeared before it was ready"
-                if all(s.failed or s.ready_s is not None for s in self.servers):
-                    break
+                        if s.ready_s is None and not s.failed and routes[s.user] in present:
+                            s.ready_s = seen - t0
+                waiting = [s for s in self.servers if s.ready_s is None and not s.failed]
+                if not waiting or now >= next_api_check or now > deadline:
+                    asked = time.monotonic()
+                    try:
+                        active = await self.active_servers()
+                    except (aiohttp.ClientError, asyncio.TimeoutError, BenchError) as e:
+                        log(f"{self.env.package}: listing servers failed: {e}")
+                        active = None
+                    next_api_check = time.monotonic() + self.args.api_check_interval
+                    if active is not None:
+                        for s in self.servers:
+                            if s.failed:
+                                continue
+                            model = active.get(s.user)
+                            ready = bool(model and model.get("ready"))
+                            if model is None and s.post_s is not None and t0 + s.post_s < asked:
+                                s.failed = "the server disappeared before it was ready"
+                            elif s.ready_s is not None and not ready:
+                                # a route alone is not enough: wait for the Hub to agree
+                                s.ready_s = None
+                            elif s.ready_s is None and ready:
+                                # ready without a route seen (should not happen)
+                                s.ready_s = asked - t0
+                        if all(s.failed or s.ready_s is not None for s in self.servers):
+                            break
                 if now > deadline:
                     for s in self.servers:
                         if not s.failed and s.ready_s is None:
                             s.failed = f"not ready after {self.args.ready_timeout:.0f}s"
                     break
-                await asyncio.sleep(self.args.check_interval)
         finally:
             for t in tasks:
                 t.cancel()
@@ -649,7 +764,8 @@ class Run:
             "failed": len(failed),
             "start_answers": codes,
             "failure_examples": sorted({s.failed for s in failed if s.failed})[:5],
-            "check_interval_s": self.args.check_interval,
+            "other_cpu_percent": rnd(await asyncio.to_thread(meter.other_percent), 1),
+            "hub_cpu_s": _cpu_delta(hub_cpu0, await asyncio.to_thread(_cpu_times, self.hub_ps)),
         }
         log(
             f"{self.env.package}: {len(ready)}/{self.args.n} ready, last after "
@@ -657,28 +773,43 @@ class Run:
         )
 
     async def sample_cpu(self, seconds: float) -> dict[str, Any]:
-        """CPU of the Hub, the proxy and the Outpost over ``seconds`` (1 s samples)."""
+        """CPU of the Hub, the proxy and the Outpost over ``seconds`` (1 s samples),
+        in % of one core."""
         procs = {"hub": self.hub_ps, "proxy": self.chp_ps, "outpost": self.outpost_ps}
-        start = {k: await asyncio.to_thread(_cpu_seconds, p) for k, p in procs.items()}
+
+        def sample() -> dict[str, tuple[float, float] | None]:
+            return {k: _cpu_times(p) for k, p in procs.items()}
+
+        meter = await asyncio.to_thread(self.load_meter)
+        start = await asyncio.to_thread(sample)
         t_start = time.monotonic()
         prev, t_prev = dict(start), t_start
         per_second: list[float] = []
         while time.monotonic() - t_start < seconds - 1e-3:
             await asyncio.sleep(min(1.0, seconds - (time.monotonic() - t_start)))
             now = time.monotonic()
-            cur = {k: await asyncio.to_thread(_cpu_seconds, p) for k, p in procs.items()}
-            if cur["hub"] is not None and prev["hub"] is not None:
-                per_second.append(100 * (cur["hub"] - prev["hub"]) / (now - t_prev))
+            cur = await asyncio.to_thread(sample)
+            a, b = prev["hub"], cur["hub"]
+            if a is not None and b is not None:
+                per_second.append(100 * (sum(b) - sum(a)) / (now - t_prev))
             prev, t_prev = cur, now
         wall = t_prev - t_start
         out: dict[str, Any] = {"window_s": rnd(wall)}
         for k in procs:
-            if start[k] is None or prev[k] is None:
-                out[f"{k}_cpu_percent"] = None
-            else:
-                out[f"{k}_cpu_percent"] = rnd(100 * (prev[k] - start[k]) / wall, 1)
+            a, b = start[k], prev[k]
+            out[f"{k}_cpu_percent"] = (
+                None if a is None or b is None else rnd(100 * (sum(b) - sum(a)) / wall, 1)
+            )
+        a, b = start["hub"], prev["hub"]
+        if a is not None and b is not None:
+            out["hub_user_percent"] = rnd(100 * (b[0] - a[0]) / wall, 1)
+            out["hub_system_percent"] = rnd(100 * (b[1] - a[1]) / wall, 1)
         out["hub_cpu_percent_per_second"] = [round(v, 1) for v in per_second]
+        out["other_cpu_percent"] = rnd(await asyncio.to_thread(meter.other_percent), 1)
         return out
+
+    def load_meter(self) -> LoadMeter:
+        return LoadMeter([self.hub_ps, self.chp_ps, self.outpost_ps, psutil.Process()])
 
     async def steady_state(self) -> None:
         await asyncio.sleep(self.args.settle)
@@ -744,24 +875,26 @@ class Run:
                 elif r.status != 202:
                     s.stop_failed = f"stop request answered {r.status}: {text[:200]}"
 
-        tasks = [asyncio.ensure_future(stop(s)) for s in targets]
         deadline = t0 + self.args.stop_timeout
+        hub_cpu0 = await asyncio.to_thread(_cpu_times, self.hub_ps)
+        tasks = [asyncio.ensure_future(stop(s)) for s in targets]
         try:
             while True:
-                try:
-                    still = await self.active_servers()
-                except (aiohttp.ClientError, asyncio.TimeoutError, BenchError) as e:
-                    log(f"{self.env.package}: listing servers failed: {e}")
-                    still = None
+                await asyncio.sleep(self.args.check_interval)
                 now = time.monotonic()
-                if still is not None:
-                    for s in targets:
-                        if (
-                            s.stopped_s is None
-                            and s.delete_status is not None
-                            and s.user not in still
-                        ):
-                            s.stopped_s = now - t0
+                # stops answered 202 finish in the background: ask the Hub about those
+                pending = [s for s in targets if s.delete_status == 202 and s.stopped_s is None]
+                if pending:
+                    try:
+                        still = await self.active_servers()
+                    except (aiohttp.ClientError, asyncio.TimeoutError, BenchError) as e:
+                        log(f"{self.env.package}: listing servers failed: {e}")
+                        still = None
+                    seen = time.monotonic()
+                    if still is not None:
+                        for s in pending:
+                            if s.user not in still:
+                                s.stopped_s = seen - t0
                 if all(t.done() for t in tasks) and all(
                     s.stopped_s is not None or s.stop_failed for s in targets
                 ):
@@ -771,7 +904,6 @@ class Run:
                         if s.stopped_s is None and not s.stop_failed:
                             s.stop_failed = f"not stopped after {self.args.stop_timeout:.0f}s"
                     break
-                await asyncio.sleep(self.args.check_interval)
         finally:
             for t in tasks:
                 t.cancel()
@@ -790,6 +922,7 @@ class Run:
             "failed": len(failed),
             "stop_answers": codes,
             "failure_examples": sorted({s.stop_failed for s in failed if s.stop_failed})[:5],
+            "hub_cpu_s": _cpu_delta(hub_cpu0, await asyncio.to_thread(_cpu_times, self.hub_ps)),
         }
         log(
             f"{self.env.package}: {len(stopped)}/{len(targets)} stopped, last after "
@@ -854,6 +987,11 @@ class Run:
 
     async def measure(self) -> Result:
         await asyncio.to_thread(_fresh_dir, self.dir)
+        if self.env.package == "ours":  # the sources the Hub of this run imports
+            self.result.versions = dict(self.result.versions)
+            self.result.versions["outpostspawner sources"] = await asyncio.to_thread(
+                _source_digest, REPO / "outpostspawner"
+            )
         conn = aiohttp.TCPConnector(limit=self.args.concurrency + 10, force_close=False)
         self.session = aiohttp.ClientSession(connector=conn)
         try:
@@ -869,7 +1007,7 @@ class Run:
             await self.stop_all()
             await self.leftovers()
             self.result.ok = True
-        except (BenchError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        except Exception as e:  # recorded; the processes are ended below all the same
             self.result.error = f"{type(e).__name__}: {e}"
             log(f"{self.env.package}: run failed: {self.result.error}")
         finally:
@@ -878,6 +1016,15 @@ class Run:
                 await self.teardown()
             finally:
                 await self.read_hub_log()
+        others = [
+            self.result.spawn.get("other_cpu_percent"),
+            self.result.steady.get("other_cpu_percent"),
+        ]
+        self.result.disturbed = any(v is not None and v > self.args.max_other_load for v in others)
+        if self.result.disturbed:
+            log(f"{self.env.package}: other processes used {others} % of a core while measuring")
+        # the Hub has read its settings long ago; the tokens in them die with this run
+        await asyncio.to_thread((self.dir / "settings.json").unlink, True)
         spawn_failed = sum(1 for s in self.servers if s.failed)
         stop_failed = sum(1 for s in self.servers if s.stop_failed)
         self.result.failures = spawn_failed + stop_failed if self.result.ok else None
@@ -892,30 +1039,93 @@ class Run:
 # --- report -----------------------------------------------------------------------------
 
 
-def _fmt(v: Any, unit: str = "") -> str:
+def _fmt(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.2f}{unit}" if abs(v) < 10 else f"{v:.1f}{unit}"
-    return f"{v}{unit}"
+        return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
 
 
-def comparison(results: list[Result]) -> dict[str, Any]:
-    by = {r.package: r for r in results}
-    ours, theirs = by.get("ours"), by.get("theirs")
+#: summarised metrics: name -> (section, key)
+METRICS = {
+    "all_ready_s": ("spawn", "all_ready_s"),
+    "median_ready_s": ("spawn", "median_ready_s"),
+    "first_ready_s": ("spawn", "first_ready_s"),
+    "hub_cpu_percent": ("steady", "hub_cpu_percent"),
+    "hub_user_percent": ("steady", "hub_user_percent"),
+    "hub_system_percent": ("steady", "hub_system_percent"),
+    "idle_hub_cpu_percent": ("steady", "idle_hub_cpu_percent"),
+    "outpost_polls_per_s": ("steady", "outpost_polls_per_s"),
+    "proxy_cpu_percent": ("steady", "proxy_cpu_percent"),
+    "outpost_cpu_percent": ("steady", "outpost_cpu_percent"),
+    "hub_rss_mib": ("steady", "hub_rss_mib"),
+    "other_cpu_percent_spawn": ("spawn", "other_cpu_percent"),
+    "other_cpu_percent_steady": ("steady", "other_cpu_percent"),
+    "all_stopped_s": ("stop", "all_stopped_s"),
+    "spawn_hub_cpu_s": ("spawn", "hub_cpu_s"),
+    "stop_hub_cpu_s": ("stop", "hub_cpu_s"),
+}
+
+
+def summarize(results: list[Result]) -> dict[str, dict[str, Any]]:
+    """Per package: median, min and max of each metric over the repeats; failures and
+    Hub log errors summed; leftovers and processes after teardown at their worst."""
+    out: dict[str, dict[str, Any]] = {}
+    for package in dict.fromkeys(r.package for r in results):
+        every = [r for r in results if r.package == package]
+        # medians over the runs nothing else disturbed, when there are such runs
+        runs = [r for r in every if not r.disturbed] or every
+        summary: dict[str, Any] = {
+            "runs": len(runs),
+            "disturbed_runs": sum(1 for r in every if r.disturbed),
+            "ok": all(r.ok for r in every),
+        }
+        for name, (section, key) in METRICS.items():
+            values = [getattr(r, section).get(key) for r in runs]
+            if any(v is None for v in values):
+                summary[name] = None
+                continue
+            summary[name] = {
+                "median": rnd(statistics.median(values)),
+                "min": min(values),
+                "max": max(values),
+                "values": values,
+            }
+
+        def total(values: list[int | None]) -> int | None:
+            return None if any(v is None for v in values) else sum(values)  # type: ignore[arg-type]
+
+        def worst(values: list[int | None]) -> int | None:
+            return None if any(v is None for v in values) else max(values)  # type: ignore[type-var]
+
+        summary["failures"] = total([r.failures for r in every])
+        summary["leftovers"] = worst([r.leftovers_total for r in every])
+        summary["processes_after_teardown"] = worst([r.processes_after_teardown for r in every])
+        summary["hub_log_errors"] = total([r.hub_log.get("errors") for r in every])
+        out[package] = summary
+    return out
+
+
+def _median(summary: dict[str, Any] | None, name: str) -> float | None:
+    value = (summary or {}).get(name)
+    return value["median"] if isinstance(value, dict) else None
+
+
+def comparison(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    ours, theirs = summary.get("ours"), summary.get("theirs")
     out: dict[str, Any] = {"goals": GOALS, "reference_theirs": REFERENCE_THEIRS}
     if ours is None:
         return out
 
-    def ratio(a, b):
+    def ratio(a: float | None, b: float | None) -> float | None:
         return rnd(a / b, 3) if a is not None and b else None
 
-    o_ready = ours.spawn.get("all_ready_s")
-    o_cpu = ours.steady.get("hub_cpu_percent")
+    o_ready, o_cpu = _median(ours, "all_ready_s"), _median(ours, "hub_cpu_percent")
     if theirs is not None:
-        out["all_ready_ratio"] = ratio(o_ready, theirs.spawn.get("all_ready_s"))
-        out["hub_cpu_ratio"] = ratio(o_cpu, theirs.steady.get("hub_cpu_percent"))
-        out["stop_ratio"] = ratio(ours.stop.get("all_stopped_s"), theirs.stop.get("all_stopped_s"))
+        out["all_ready_ratio"] = ratio(o_ready, _median(theirs, "all_ready_s"))
+        out["hub_cpu_ratio"] = ratio(o_cpu, _median(theirs, "hub_cpu_percent"))
+        out["stop_ratio"] = ratio(_median(ours, "all_stopped_s"), _median(theirs, "all_stopped_s"))
     out["all_ready_ratio_vs_reference"] = ratio(o_ready, REFERENCE_THEIRS["all_ready_s"])
     out["hub_cpu_ratio_vs_reference"] = ratio(o_cpu, REFERENCE_THEIRS["hub_cpu_percent"])
     ratio_ready = out.get("all_ready_ratio", out["all_ready_ratio_vs_reference"])
@@ -923,46 +1133,58 @@ def comparison(results: list[Result]) -> dict[str, Any]:
     out["met"] = {
         "all_ready": ratio_ready is not None and ratio_ready < GOALS["all_ready_ratio"],
         "hub_cpu": ratio_cpu is not None and ratio_cpu < GOALS["hub_cpu_ratio"],
-        "no_failures": ours.failures == 0,
-        "no_leftovers": ours.leftovers_total == 0 and ours.processes_after_teardown == 0,
+        "no_failures": ours["failures"] == 0,
+        "no_leftovers": ours["leftovers"] == 0 and ours["processes_after_teardown"] == 0,
     }
     return out
 
 
-def table(results: list[Result], cmp: dict[str, Any]) -> str:
+def table(summary: dict[str, dict[str, Any]], cmp: dict[str, Any]) -> str:
+    """The summary as a Markdown table (medians; min-max over repeats in brackets)."""
+
+    def metric(name: str):
+        def cell(s: dict[str, Any]) -> str:
+            v = s.get(name)
+            if not isinstance(v, dict):
+                return "-"
+            if s["runs"] > 1 and v["min"] != v["max"]:
+                return f"{_fmt(v['median'])} ({_fmt(v['min'])}-{_fmt(v['max'])})"
+            return _fmt(v["median"])
+
+        return cell
+
     rows = [
-        ("all ready (s)", lambda r: _fmt(r.spawn.get("all_ready_s"))),
-        ("  median ready (s)", lambda r: _fmt(r.spawn.get("median_ready_s"))),
-        ("Hub CPU, all polled (% core)", lambda r: _fmt(r.steady.get("hub_cpu_percent"))),
-        ("  Hub CPU idle, 0 servers", lambda r: _fmt(r.steady.get("idle_hub_cpu_percent"))),
-        ("  polls/s at the Outpost", lambda r: _fmt(r.steady.get("outpost_polls_per_s"))),
-        ("  proxy / Outpost CPU (%)", lambda r: "{} / {}".format(
-            _fmt(r.steady.get("proxy_cpu_percent")), _fmt(r.steady.get("outpost_cpu_percent")))),
-        ("  Hub RSS (MiB)", lambda r: _fmt(r.steady.get("hub_rss_mib"))),
-        ("stop all (s)", lambda r: _fmt(r.stop.get("all_stopped_s"))),
-        ("failures", lambda r: _fmt(r.failures)),
-        ("leftovers after stop-all", lambda r: _fmt(r.leftovers_total)),
-        ("processes after teardown", lambda r: _fmt(r.processes_after_teardown)),
-        ("Hub log errors / warnings", lambda r: "{} / {}".format(
-            _fmt(r.hub_log.get("errors")), _fmt(r.hub_log.get("warnings")))),
+        ("all ready (s)", metric("all_ready_s")),
+        ("median server ready (s)", metric("median_ready_s")),
+        ("Hub CPU, all polled (% of a core)", metric("hub_cpu_percent")),
+        ("Hub CPU: user / system", lambda s: "{} / {}".format(
+            metric("hub_user_percent")(s), metric("hub_system_percent")(s))),
+        ("Hub CPU idle, no servers", metric("idle_hub_cpu_percent")),
+        ("polls/s seen by the Outpost", metric("outpost_polls_per_s")),
+        ("proxy / Outpost CPU (% of a core)", lambda s: "{} / {}".format(
+            metric("proxy_cpu_percent")(s), metric("outpost_cpu_percent")(s))),
+        ("Hub RSS (MiB)", metric("hub_rss_mib")),
+        ("other processes' CPU, spawn / steady (%)", lambda s: "{} / {}".format(
+            metric("other_cpu_percent_spawn")(s), metric("other_cpu_percent_steady")(s))),
+        ("runs in the medians (disturbed runs left out)", lambda s: "{} ({})".format(
+            s["runs"], s["disturbed_runs"])),
+        ("Hub CPU time for all starts (s)", metric("spawn_hub_cpu_s")),
+        ("stop all (s)", metric("all_stopped_s")),
+        ("Hub CPU time for all stops (s)", metric("stop_hub_cpu_s")),
+        ("failures", lambda s: _fmt(s["failures"])),
+        ("leftovers after stop-all", lambda s: _fmt(s["leftovers"])),
+        ("processes left after teardown", lambda s: _fmt(s["processes_after_teardown"])),
+        ("Hub log errors", lambda s: _fmt(s["hub_log_errors"])),
     ]  # fmt: skip
-    head = ["metric", *[r.package for r in results]]
-    body = [[name, *[fn(r) for r in results]] for name, fn in rows]
+    packages = list(summary)
+    head = ["metric", *packages]
+    body = [[name, *[fn(summary[p]) for p in packages]] for name, fn in rows]
     if "all_ready_ratio" in cmp:
-        body.append(
-            ["ours/theirs all ready (goal < 0.35)", _fmt(cmp["all_ready_ratio"]), "", ""][
-                : len(head)
-            ]
-        )
-        body.append(
-            ["ours/theirs Hub CPU (goal < 0.40)", _fmt(cmp["hub_cpu_ratio"]), "", ""][: len(head)]
-        )
-    widths = [max(len(str(row[i])) for row in [head, *body]) for i in range(len(head))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(head, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in body:
-        row = row + [""] * (len(head) - len(row))
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+        pad = [""] * (len(packages) - 1)
+        body.append(["ours/theirs, all ready (goal < 0.35)", _fmt(cmp["all_ready_ratio"]), *pad])
+        body.append(["ours/theirs, Hub CPU (goal < 0.40)", _fmt(cmp["hub_cpu_ratio"]), *pad])
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines)
 
 
@@ -995,6 +1217,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="what to measure: both = ours and theirs; all adds theirs with pycurl (default %(default)s)",
     )
     p.add_argument("--quick", action="store_true", help="a fast check: n=30, shorter windows")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="measure each package this many times (medians)"
+    )
     p.add_argument("--start-delay", type=float, default=1.0, help="Outpost start delay, s")
     p.add_argument("--poll-interval", type=float, default=1.0, help="server poll interval, s")
     p.add_argument("--cpu-seconds", type=float, default=20.0, help="CPU measuring window, s")
@@ -1004,12 +1229,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--idle-seconds", type=float, default=5.0, help="idle Hub CPU window, s")
     p.add_argument("--concurrency", type=int, default=300, help="REST requests in flight at once")
     p.add_argument(
-        "--check-interval", type=float, default=0.5, help="readiness listing interval, s"
+        "--check-interval",
+        type=float,
+        default=0.2,
+        help="interval of the proxy route checks while spawning and of stop checks, s",
+    )
+    p.add_argument(
+        "--api-check-interval",
+        type=float,
+        default=5.0,
+        help="interval of the Hub API listing while spawning (finds failed spawns), s",
     )
     p.add_argument("--ready-timeout", type=float, default=600.0, help="limit for all-ready, s")
     p.add_argument("--stop-timeout", type=float, default=300.0, help="limit for stop-all, s")
     p.add_argument("--hub-start-timeout", type=float, default=120.0, help="limit for Hub start, s")
     p.add_argument("--hub-log-level", default="INFO", help="JupyterHub log level")
+    p.add_argument(
+        "--max-other-load",
+        type=float,
+        default=20.0,
+        help="CPU (%% of a core) other processes may use; a run above it counts as disturbed",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="how often to measure a disturbed run again (default %(default)s)",
+    )
+    p.add_argument(
+        "--quiet-timeout",
+        type=float,
+        default=900.0,
+        help="how long to wait for other processes to calm down before each run, s",
+    )
     p.add_argument("--python", default=sys.executable, help="python of the venv with this package")
     p.add_argument("--jupyterhub-version", help="for the PyPI venv (default: the one of --python)")
     p.add_argument("--chp", help="configurable-http-proxy executable")
@@ -1022,8 +1274,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.cpu_seconds = min(args.cpu_seconds, 10.0)
         args.settle = min(args.settle, 3.0)
         args.idle_seconds = min(args.idle_seconds, 3.0)
-    if args.n < 1:
-        p.error("--n must be at least 1")
+    if args.n < 1 or args.repeat < 1:
+        p.error("--n and --repeat must be at least 1")
     if not args.chp:
         local = REPO / "node_modules" / ".bin" / "configurable-http-proxy"
         args.chp = str(local) if local.exists() else shutil.which("configurable-http-proxy")
@@ -1048,19 +1300,32 @@ async def main_async(args: argparse.Namespace) -> int:
             envs.append(ours)
         else:
             envs.append(await theirs_env(work, jh_version, pycurl=name == "theirs-pycurl"))
-    results: list[Result] = []
     for env in envs:
-        log(f"=== {env.package}: {PACKAGES[env.package]} {env.versions}")
-        results.append(await Run(env, args, ours.python, work).measure())
-    cmp = comparison(results)
+        await asyncio.to_thread(_remove_old_runs, work, env.package)
+    results: list[Result] = []
+    # alternate the packages, so that slow drifts of the machine hit all alike
+    for repeat in range(1, args.repeat + 1):
+        for env in envs:
+            for attempt in range(args.retries + 1):
+                log(f"=== {env.package} ({repeat}/{args.repeat}): {PACKAGES[env.package]}")
+                await wait_quiet(args.max_other_load, args.quiet_timeout)
+                result = await Run(env, args, ours.python, work, repeat).measure()
+                results.append(result)
+                if not result.disturbed:
+                    break
+                if attempt < args.retries:
+                    log(f"{env.package}: measuring again, other processes disturbed this run")
+    summary = summarize(results)
+    cmp = comparison(summary)
     report = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join(["benchmarks/run.py", *sys.argv[1:]]),
         "machine": machine(),
         "settings": {
             k: getattr(args, k)
             for k in (
                 "n",
+                "repeat",
                 "start_delay",
                 "poll_interval",
                 "cpu_seconds",
@@ -1068,17 +1333,19 @@ async def main_async(args: argparse.Namespace) -> int:
                 "idle_seconds",
                 "concurrency",
                 "check_interval",
+                "api_check_interval",
             )
         },  # fmt: skip
-        "results": [asdict(r) for r in results],
+        "packages": {e.package: {"description": PACKAGES[e.package], **e.versions} for e in envs},
+        "summary": summary,
         "comparison": cmp,
+        "runs": [asdict(r) for r in results],
     }
     await asyncio.to_thread(Path(args.results).write_text, json.dumps(report, indent=2) + "\n")
     print()
-    print(table(results, cmp))
+    print(table(summary, cmp))
     print(f"\nwritten: {args.results}; logs under {work}/<package>/")
-    ok = all(r.ok for r in results)
-    return 0 if ok else 1
+    return 0 if all(r.ok for r in results) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,7 +114,6 @@ class OutpostClient:
         """
         log = logger or _log
         slots = self._start_slots if action == "start" else self._request_slots
-        url = _safe_url(request.url)
         async with slots:
             tic = time.perf_counter()
             try:
@@ -132,6 +131,10 @@ class OutpostClient:
                 observer(action, code, elapsed)
             except Exception:
                 _log.exception("Outpost request observer failed")
+        if 200 <= code < 300 and not log.isEnabledFor(logging.DEBUG):
+            # the common case, e.g. hundreds of polls a second: nothing more to log
+            return _parse_success(action, request, resp, code)
+        url = _safe_url(request.url)
         log.debug("%s %s %s -> %s in %.3fs", action, request.method, url, code, elapsed)
 
         if resp is None or code == 599:
@@ -142,20 +145,13 @@ class OutpostClient:
                 f"The Outpost could not be reached ({action}): {_short(reason)}",
                 log_message=f"{action} {request.method} {url} failed: {reason}",
             )
+        if 200 <= code < 300:
+            return _parse_success(action, request, resp, code)
         text = resp.body.decode("utf8", "replace") if resp.body else ""
         try:
             body = json.loads(text) if text.strip() else None
         except ValueError:
             body = _INVALID
-        if 200 <= code < 300:
-            if body is _INVALID:
-                raise OutpostError(
-                    action,
-                    code,
-                    f"The Outpost sent an invalid answer ({action}): not JSON.",
-                    log_message=f"{action} {request.method} {url}: {code} with a non-JSON body",
-                )
-            return Response(code, body)
         if code == 419:
             remote, tb = remote_error_text(body)
             log.error(
@@ -177,6 +173,22 @@ class OutpostClient:
 
 
 _INVALID = object()
+
+
+def _parse_success(action: str, request: HTTPRequest, resp: HTTPResponse, code: int) -> Response:
+    text = resp.body.decode("utf8", "replace") if resp.body else ""
+    try:
+        return Response(code, json.loads(text) if text.strip() else None)
+    except ValueError:
+        raise OutpostError(
+            action,
+            code,
+            f"The Outpost sent an invalid answer ({action}): not JSON.",
+            log_message=(
+                f"{action} {request.method} {_safe_url(request.url)}: {code} with a non-JSON body"
+            ),
+        ) from None
+
 
 _clients: dict[tuple, OutpostClient] = {}
 

@@ -57,6 +57,8 @@ class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
         self.exit_code: int | None = None
         self.logs: list[str] = []
         self._request: tuple[str, dict, dict] | None = None  # url, headers, kwargs
+        self._url_cache: tuple[tuple[str, str], str] | None = None
+        self._client = None
         self._remote_started = False
 
     @property
@@ -89,11 +91,14 @@ class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
     # --- requests ----------------------------------------------------------------
 
     def _http_client(self):
-        return get_client(
-            start_limit=self.start_concurrency_limit,
-            request_limit=self.request_concurrency_limit,
-            defaults=self.http_client_defaults,
-        )
+        client = self._client
+        if client is None or client._loop is not asyncio.get_running_loop():
+            client = self._client = get_client(
+                start_limit=self.start_concurrency_limit,
+                request_limit=self.request_concurrency_limit,
+                defaults=self.http_client_defaults,
+            )
+        return client
 
     async def _request_settings(self) -> tuple[str, dict, dict]:
         """URL, headers and request kwargs: resolved once per start and kept."""
@@ -126,7 +131,12 @@ class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
 
     async def _service_url(self, collect_logs: bool = False) -> tuple[str, dict, dict]:
         base, headers, kwargs = await self._request_settings()
-        url = f"{base}/{url_escape_path(self.outpost_name)}/{self.start_id}"
+        # polls run every few seconds for every server: build the URL once per start
+        key = (base, self.start_id)
+        if self._url_cache is None or self._url_cache[0] != key:
+            name = url_escape_path(self.outpost_name)
+            self._url_cache = (key, f"{base}/{name}/{self.start_id}")
+        url = self._url_cache[1]
         if collect_logs:
             url = url_concat(url, {"collect_logs": "true"})
         return url, headers, kwargs
