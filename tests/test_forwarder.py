@@ -17,7 +17,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from outpostspawner.forwarder.client import ForwarderClient
-from outpostspawner.forwarder.core import Forwarder, ForwarderSettings
+from outpostspawner.forwarder.core import Forwarder, ForwarderSettings, default_ciphers
 from outpostspawner.forwarder.errors import ForwardError
 from outpostspawner.forwarder.known_hosts import parse
 from outpostspawner.forwarder.options import (
@@ -312,6 +312,27 @@ def test_known_hosts_hashed_entries():
 # --- forwards against the real sshd -----------------------------------------------------
 
 
+async def test_aes_gcm_is_preferred_unless_ciphers_say_otherwise(
+    sshd, forwarder, remote_http, monkeypatch
+):
+    assert default_ciphers()[:2] == ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+    assert "chacha20-poly1305@openssh.com" in default_ciphers()  # offered as well
+    offered = []
+    connect = asyncssh.connect
+
+    def recording_connect(*args, **kwargs):
+        offered.append(kwargs.get("encryption_algs"))
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(asyncssh, "connect", recording_connect)
+    forward, _ = await forwarder.add(make_spec(sshd, remote_http))
+    assert await http_get(forward["listen_port"]) == {"version": "dummy"}
+    own = target_dict(sshd, options={"Ciphers": "chacha20-poly1305@openssh.com"})
+    forward, _ = await forwarder.add(make_spec(sshd, remote_http, id="fwd-2", ssh=own))
+    assert await http_get(forward["listen_port"]) == {"version": "dummy"}
+    assert offered == [list(default_ciphers()), ["chacha20-poly1305@openssh.com"]]
+
+
 async def test_forward_carries_http(sshd, forwarder, remote_http, tmp_path):
     t = time.monotonic()
     forward, created = await forwarder.add(make_spec(sshd, remote_http))
@@ -503,6 +524,100 @@ async def test_api_add_list_remove(api, sshd, remote_http):
         assert await client.get("fwd-1") is None
     finally:
         client.close()
+
+
+async def test_api_client_keeps_its_connection(api, sshd, remote_http):
+    client = ForwarderClient(api, token="s3cret")
+    try:
+        assert (await client.health())["status"] == "ok"
+        (conn,) = client._idle
+        await client.list()
+        assert client._idle == [conn]  # the same connection again
+        # requests at once get connections of their own, kept for later
+        await asyncio.gather(*(client.list() for _ in range(5)))
+        assert 1 <= len(client._idle) <= 5
+    finally:
+        client.close()
+    assert client._idle == []
+
+
+async def test_api_client_replaces_a_closed_connection(forwarder):
+    sockets = bind_sockets(0, "127.0.0.1")
+    server = make_server(forwarder, "s3cret")
+    server.add_sockets(sockets)
+    client = ForwarderClient(f"http://127.0.0.1:{sockets[0].getsockname()[1]}", token="s3cret")
+    try:
+        assert await client.list() == []
+        # the forwarder closes its connections (e.g. it restarted)
+        await asyncio.wait_for(server.close_all_connections(), 5)
+        assert await client.list() == []
+    finally:
+        client.close()
+        server.stop()
+        await asyncio.wait_for(server.close_all_connections(), 5)
+
+
+async def test_api_client_times_out_and_reports_bad_answers(tmp_path):
+    answers = {
+        "silent": b"",
+        "garbage": b"SSH-2.0-OpenSSH\r\n\r\n",
+        "not json": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        "closed": None,
+    }
+
+    async def serve(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        answer = answers[mode]
+        if answer is None:
+            writer.close()
+            return
+        writer.write(answer)
+        if mode != "silent":
+            writer.close()
+
+    server = await asyncio.start_unix_server(serve, str(tmp_path / "s"))
+    client = ForwarderClient(unix_socket=str(tmp_path / "s"), token="t", timeout=0.5)
+    try:
+        for mode in answers:
+            t = time.monotonic()
+            with pytest.raises(ForwardError) as e:
+                await client.list()
+            assert e.value.code == "unavailable", mode
+            assert time.monotonic() - t < 3
+        assert client._idle == []
+        missing = ForwarderClient(unix_socket=str(tmp_path / "nothing"), token="t")
+        with pytest.raises(ForwardError) as e:
+            await missing.health()
+        assert e.value.code == "unavailable" and "cannot be reached" in e.value.message
+        # a token that would break the request is refused before anything is sent
+        broken = ForwarderClient(unix_socket=str(tmp_path / "s"), token="a\r\nX-Evil: 1")
+        with pytest.raises(ForwardError) as e:
+            await broken.list()
+        assert e.value.code == "unavailable" and "token" in e.value.message
+    finally:
+        client.close()
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 5)
+
+
+async def test_api_client_reads_chunked_and_unsized_answers():
+    from outpostspawner.forwarder.client import _read_answer
+
+    async def read(raw: bytes):
+        reader = asyncio.StreamReader()
+        reader.feed_data(raw)
+        reader.feed_eof()
+        return await _read_answer(reader, "GET")
+
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'3\r\n{"a\r\n4;x=y\r\n": 1\r\n1\r\n}\r\n0\r\n\r\n'
+    )
+    assert await read(chunked) == (200, b'{"a": 1}', True)
+    unsized = b"HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n{}"
+    assert await read(unsized) == (404, b"{}", False)
+    old = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+    assert await read(old) == (200, b"{}", False)
 
 
 async def test_remote_forwarder_restores_after_its_restart(api, tmp_path, sshd, remote_http):

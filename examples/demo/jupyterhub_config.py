@@ -1,12 +1,16 @@
-"""JupyterHub configuration of the demo: servers start through a JupyterHub Outpost.
+"""JupyterHub configuration of the demo: servers start through a JupyterHub Outpost
+and are reached through SSH port forwards.
 
-``run_demo.py`` starts a reference Outpost and then JupyterHub with this file and
-passes the settings below through the environment. To run it by hand, start an
-Outpost first::
+``run_demo.py`` starts a reference Outpost, an SSH node and then JupyterHub with
+this file, and passes the settings below through the environment. To run it by
+hand, start an Outpost first::
 
     python -m outpostspawner.testing --port 8090 --credentials hub:secret \\
         --command jupyterhub-singleuser
     jupyterhub -f examples/demo/jupyterhub_config.py
+
+Without ``DEMO_SSH_PORT`` (and an SSH node to match) the servers are reached
+directly at the address the Outpost reports.
 """
 
 import base64
@@ -48,6 +52,27 @@ _credentials = os.environ.get("DEMO_OUTPOST_CREDENTIALS", "hub:secret")
 c.OutpostSpawner.request_headers = {
     "Authorization": "Basic " + base64.b64encode(_credentials.encode()).decode("ascii")
 }
+
+# --- SSH: every server is reached through a port forward ----------------------
+# run_demo.py starts an SSH node "on the Outpost side" (OpenSSH's sshd, or an
+# asyncssh server) and passes its port, user and client key. The Hub's forwarder
+# process keeps one SSH connection to it and, for each server, listens on
+# 127.0.0.1:{port} and forwards to the address the Outpost reported. The proxy
+# connects to that port (no Kubernetes Service: svc_create = False).
+
+if os.environ.get("DEMO_SSH_PORT"):
+    c.OutpostSpawner.ssh_during_startup = True
+    c.OutpostSpawner.svc_create = False
+    c.OutpostSpawner.ssh_node = "127.0.0.1"
+    c.OutpostSpawner.ssh_port = int(os.environ["DEMO_SSH_PORT"])
+    c.OutpostSpawner.ssh_username = os.environ["DEMO_SSH_USER"]
+    c.OutpostSpawner.ssh_key = os.environ["DEMO_SSH_KEY"]
+    # run_demo.py writes the node's host key here before the Hub starts
+    c.OutpostSpawner.ssh_known_hosts = os.environ.get(
+        "DEMO_SSH_KNOWN_HOSTS", os.path.join(data_dir, "ssh_known_hosts")
+    )
+    # the forwards are for the proxy on this machine only
+    c.OutpostSpawner.ssh_forward_listen_address = "127.0.0.1"
 
 # --- user options: pick a system -----------------------------------------------
 

@@ -50,7 +50,8 @@ async def assert_stopped_cleanly(hub, record, name: str) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_demo_check(tmp_path):
-    """``run_demo.py --check`` starts the demo, spawns a server, reaches it and shuts down."""
+    """``run_demo.py --check`` starts the demo, spawns a server, reaches it through
+    an SSH forward and shuts down."""
     env = dict(os.environ, DEMO_PORT=str(free_port()), DEMO_DATA_DIR=str(tmp_path / "demo"))
     out = tmp_path / "demo.log"
     logf = await asyncio.to_thread(open, out, "wb")
@@ -82,6 +83,8 @@ async def test_demo_check(tmp_path):
     output = await asyncio.to_thread(out.read_text)
     assert code == 0, tail(out, 80)
     assert "demo check passed" in output
+    # the proxy's route led to the forward, not to the Outpost's address
+    assert "check: the proxy connects to the forward 127.0.0.1:" in output
 
 
 @pytest.mark.slow
