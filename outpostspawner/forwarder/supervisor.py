@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 
 from .. import metrics
+from ..processes import stop_process
 from .app import TOKEN_ENV
 from .client import ForwarderClient
 from .errors import ForwardError, ForwarderUnavailable
@@ -171,15 +172,7 @@ class ForwarderProcess:
         if proc is not None:
             if proc.stdin is not None:
                 proc.stdin.close()
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), timeout)
-                except asyncio.TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    await asyncio.wait_for(proc.wait(), timeout)
+            await stop_process(proc, timeout)
         if self.dir:
             await asyncio.to_thread(shutil.rmtree, self.dir, True)
             self.dir = ""

@@ -25,6 +25,8 @@ import signal
 import socket
 from pathlib import Path
 
+from ..processes import stop_process
+
 SSHD = "/usr/sbin/sshd"
 _PRIVSEP_DIR = "/run/sshd"
 
@@ -241,15 +243,7 @@ class TestSSHD:
             for child in self._children(proc):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(child.pid, signal.SIGKILL)
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), timeout)
-                except asyncio.TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    await proc.wait()
+            await stop_process(proc, timeout)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
