@@ -1320,7 +1320,7 @@ async def main_async(args: argparse.Namespace) -> int:
     report = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(["benchmarks/run.py", *sys.argv[1:]]),
-        "machine": machine(),
+        "machine": await asyncio.to_thread(machine),
         "settings": {
             k: getattr(args, k)
             for k in (
