@@ -34,6 +34,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import shutil
 import signal
 import statistics
@@ -290,7 +291,8 @@ OTHERS = "benchmarks/run.py"
 async def other_load() -> list[str]:
     """Other benchmarks running now (they would distort the numbers)."""
     out, _ = await command_output("pgrep", "-af", OTHERS)
-    return [line for line in out.splitlines() if str(os.getpid()) != line.split()[0]]
+    # not this benchmark (nor a wrapper such as timeout, whose command line is ours)
+    return [line for line in out.splitlines() if "benchmarks/forwarder.py" not in line]
 
 
 class Helpers:
@@ -686,8 +688,9 @@ class OpenSSHPath:
 # --- the measurements ----------------------------------------------------------------------
 
 
-async def bench_setup(path, dest_port: int, n: int) -> dict:
-    """``n`` adds on the existing connection (the forwards stay), then ``n`` removes."""
+async def setup_round(path, dest_port: int, n: int) -> tuple[list[float], list[float]]:
+    """``n`` adds on the existing connection (the forwards stay), then ``n``
+    removes; their durations."""
     specs = []
     adds, removes = [], []
     for i in range(n):
@@ -701,7 +704,24 @@ async def bench_setup(path, dest_port: int, n: int) -> dict:
         t = time.perf_counter()
         await path.remove(s)
         removes.append(time.perf_counter() - t)
-    return {"add": ms_summary(adds), "remove": ms_summary(removes)}
+    return adds, removes
+
+
+async def bench_setup(paths: dict, dest_port: int, n: int, rounds: int) -> dict:
+    """A warm-up, then ``rounds`` rounds of ``n`` adds and removes per path, the
+    paths taking turns; percentiles over all rounds."""
+    times = {name: ([], []) for name in paths}
+    for path in paths.values():
+        await setup_round(path, dest_port, 10)
+    for _ in range(rounds):
+        for name, path in paths.items():
+            adds, removes = await setup_round(path, dest_port, n)
+            times[name][0].extend(adds)
+            times[name][1].extend(removes)
+    return {
+        name: {"add": ms_summary(adds), "remove": ms_summary(removes)}
+        for name, (adds, removes) in times.items()
+    }
 
 
 async def transfer(
@@ -1025,10 +1045,12 @@ async def main(args) -> dict:
                     raise RuntimeError(f"no answer through {name}")
 
             print("setup latency ...", file=sys.stderr, flush=True)
-            report["setup"] = {
-                name: await bench_setup(paths[name], http_port, args.setup_ops)
-                for name in ("forwarder", "openssh", "in-process")
-            }
+            report["setup"] = await bench_setup(
+                {name: paths[name] for name in ("forwarder", "openssh", "in-process")},
+                http_port,
+                args.setup_ops,
+                args.repeat,
+            )
             await inproc.close()
             del paths["in-process"]
 
@@ -1060,6 +1082,7 @@ async def main(args) -> dict:
     report["other_load"] = f"{busy:.0f} % of the CPUs busy just before the run" + (
         "; another benchmark ran meanwhile" if seen else ", no other benchmark meanwhile"
     )
+    report["other_benchmarks_seen"] = sorted(set(seen))
     report["goals"] = goals(report)
     return report
 
@@ -1136,8 +1159,12 @@ def markdown(r: dict, command: str) -> str:
     s = r["setup"]
     lines += [
         "",
-        f"## Forward setup on an existing connection ({r['settings']['setup_ops']} adds, "
-        "then as many removes)",
+        "## Forward setup on an existing connection",
+        "",
+        f"{r['settings']['repeat']} round{'s' if r['settings']['repeat'] != 1 else ''} of "
+        f"{r['settings']['setup_ops']} adds, one after "
+        "another, then as many removes; the three take turns, after a warm-up. "
+        "Percentiles over all rounds.",
         "",
         "| | add p50 | add p95 | remove p50 | remove p95 | first forward (connects) |",
         "|---|---|---|---|---|---|",
@@ -1286,7 +1313,7 @@ def parse_args(argv=None):
 
 
 def command_line(argv: list[str]) -> str:
-    return " ".join(["python benchmarks/forwarder.py", *argv]).strip()
+    return shlex.join(["python", "benchmarks/forwarder.py", *argv])
 
 
 if __name__ == "__main__":

@@ -642,6 +642,26 @@ async def test_remote_forwarder_restores_after_its_restart(api, tmp_path, sshd, 
         await remote.close()
 
 
+async def test_ip_literals_are_resolved_without_the_thread_pool():
+    from unittest import mock
+
+    from outpostspawner.forwarder.app import resolve_ip_literals_inline
+
+    loop = asyncio.get_running_loop()
+    resolve_ip_literals_inline(loop)
+    try:
+        with mock.patch.object(loop, "run_in_executor", side_effect=AssertionError("thread")):
+            for host, family in (("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)):
+                infos = await loop.getaddrinfo(
+                    host, 8080, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+                )
+                assert [(i[0], i[4][:2]) for i in infos] == [(family, (host, 8080))]
+            with pytest.raises(AssertionError, match="thread"):
+                await loop.getaddrinfo("localhost", 8080, type=socket.SOCK_STREAM)
+    finally:
+        del loop.getaddrinfo  # the loop's own method again
+
+
 # --- supervised processes -------------------------------------------------------------
 
 
@@ -670,6 +690,25 @@ async def test_supervisor_restarts_a_dead_forwarder(sshd, remote_http, tmp_path)
     assert supervisor.processes() == []
     assert process.proc.returncode is not None
     assert process.dir == ""  # removed
+
+
+async def test_private_directories_are_removed_at_exit(sshd, remote_http, tmp_path):
+    from outpostspawner.forwarder import supervisor as sup
+
+    supervisor = ForwarderSupervisor(SupervisorConfig(log_level="WARNING"))
+    try:
+        options = {"UserKnownHostsFile": str(tmp_path / "kh")}
+        spec = make_spec(sshd, remote_http, ssh=target_dict(sshd, options=options)).to_dict()
+        await supervisor.add(spec)
+        (process,) = supervisor.processes()
+        assert process.dir in sup._DIRS
+        assert await asyncio.to_thread(os.path.isdir, process.dir)
+        # what runs when the Hub exits without stopping the children
+        sup._remove_dirs()
+        assert process.dir not in sup._DIRS
+        assert not await asyncio.to_thread(os.path.exists, process.dir)
+    finally:
+        await supervisor.close()
 
 
 async def test_supervisor_failed_add_leaves_nothing(sshd, remote_http, tmp_path):

@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
 import resource
 import signal
+import socket
 import ssl
 import sys
 
@@ -89,6 +91,31 @@ def _read_token(args) -> str:
     return os.environ.pop(TOKEN_ENV, "").strip()
 
 
+def resolve_ip_literals_inline(loop: asyncio.AbstractEventLoop) -> None:
+    """Let ``loop.getaddrinfo`` answer for IP literals at once.
+
+    asyncssh resolves the listen address of every local forward with
+    ``loop.getaddrinfo``, which runs in the default thread pool even for an IP
+    literal such as ``0.0.0.0``: a round trip through a thread that costs as much
+    as the rest of making a forward. An IP literal needs no lookup
+    (``AI_NUMERICHOST``: no DNS); host names still go through the thread pool.
+    """
+    resolve = loop.getaddrinfo
+
+    async def getaddrinfo(host, port, *, family=0, type=0, proto=0, flags=0):
+        if isinstance(host, str) and isinstance(port, int | None):
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                pass
+            else:
+                flags |= socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+                return socket.getaddrinfo(host, port, family, type, proto, flags)
+        return await resolve(host, port, family=family, type=type, proto=proto, flags=flags)
+
+    loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
+
+
 async def serve(args: argparse.Namespace, token: str) -> int:
     settings = ForwarderSettings(
         known_hosts=args.known_hosts,
@@ -99,6 +126,7 @@ async def serve(args: argparse.Namespace, token: str) -> int:
         reconnect_delay=args.reconnect_delay,
         reconnect_max_delay=args.reconnect_max_delay,
     )
+    resolve_ip_literals_inline(asyncio.get_running_loop())
     forwarder = Forwarder(settings)
     ssl_ctx = None
     if args.certfile:

@@ -33,7 +33,7 @@ log = logging.getLogger("outpostspawner.forwarder")
 
 #: The cipher preference unless a target's ``Ciphers`` option says otherwise:
 #: AES-GCM first. With the AES instructions of current CPUs it costs the
-#: forwarder (and the node) about half the CPU per byte of chacha20-poly1305,
+#: forwarder (and the node) much less CPU per byte than chacha20-poly1305,
 #: asyncssh's and OpenSSH's first choice, which is computed in software. The
 #: others follow, for nodes that do not offer AES-GCM.
 PREFERRED_CIPHERS = (

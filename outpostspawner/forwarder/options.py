@@ -48,6 +48,7 @@ _LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")
 _ALGORITHM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._-]{0,99}$")
 _FORWARD_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,199}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 STRICT_MODES = ("yes", "accept-new")
 
@@ -102,7 +103,7 @@ def check_path(value: Any, what: str = "SSH key") -> str:
     forwarder, where the file has to be)."""
     if not isinstance(value, str) or not value.startswith("/"):
         raise ConfigError(f"{what} must be an absolute path, got {value!r}")
-    if any(ord(c) < 32 or c == "\x7f" for c in value):
+    if _CONTROL.search(value):
         raise ConfigError(f"{what} path contains control characters")
     return value
 

@@ -19,6 +19,7 @@ spawners, fed by their add and remove calls.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import hashlib
 import logging
@@ -78,6 +79,19 @@ class SupervisorConfig:
     python: str = sys.executable
 
 
+#: the private directories of forwarder children that have not been stopped yet;
+#: whatever is left is removed when the Hub exits (JupyterHub does not stop the
+#: children itself: they end when their standard input closes)
+_DIRS: set[str] = set()
+
+
+@atexit.register
+def _remove_dirs() -> None:
+    for d in list(_DIRS):
+        shutil.rmtree(d, ignore_errors=True)
+    _DIRS.clear()
+
+
 class ForwarderProcess:
     """One forwarder child process on a Unix socket in a private directory."""
 
@@ -104,6 +118,7 @@ class ForwarderProcess:
         """
         c = self.config
         self.dir = await asyncio.to_thread(tempfile.mkdtemp, prefix="outpostspawner-forwarder-")
+        _DIRS.add(self.dir)
         sock = os.path.join(self.dir, "control.sock")
         token = secrets.token_urlsafe(32)
         env = {k: os.environ[k] for k in CHILD_ENV if k in os.environ}
@@ -175,6 +190,7 @@ class ForwarderProcess:
             await stop_process(proc, timeout)
         if self.dir:
             await asyncio.to_thread(shutil.rmtree, self.dir, True)
+            _DIRS.discard(self.dir)
             self.dir = ""
 
 
