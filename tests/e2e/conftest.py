@@ -366,9 +366,12 @@ class HubProcess:
         ]
 
 
-def _write_config(tmp: Path, settings: dict[str, Any]) -> Path:
+def _write_config(tmp: Path, settings: dict[str, Any], extra_config: str = "") -> Path:
     path = tmp / "jupyterhub_config.py"
-    path.write_text(HUB_CONFIG.format(settings=json.dumps(settings)))
+    text = HUB_CONFIG.format(settings=json.dumps(settings))
+    if extra_config:
+        text += "\n# extra configuration of the test module\n" + extra_config + "\n"
+    path.write_text(text)
     return path
 
 
@@ -379,8 +382,11 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-async def start_hub(tmp: Path, outpost: ReferenceOutpost) -> HubProcess:
-    """Start ``jupyterhub`` in ``tmp`` and wait until its API answers through the proxy."""
+async def start_hub(tmp: Path, outpost: ReferenceOutpost, *, extra_config: str = "") -> HubProcess:
+    """Start ``jupyterhub`` in ``tmp`` and wait until its API answers through the proxy.
+
+    ``extra_config`` is appended to the generated ``jupyterhub_config.py`` (it may
+    use ``c`` and ``settings``)."""
     if not JUPYTERHUB.exists():
         pytest.fail(f"jupyterhub not found next to the interpreter: {JUPYTERHUB}", pytrace=False)
     chp = find_chp()
@@ -400,7 +406,7 @@ async def start_hub(tmp: Path, outpost: ReferenceOutpost) -> HubProcess:
         "outpost_url": outpost.services_url,
         "outpost_auth": ReferenceOutpost.basic_auth_header(*OUTPOST_CREDENTIALS)["Authorization"],
     }
-    config = await asyncio.to_thread(_write_config, tmp, settings)
+    config = await asyncio.to_thread(_write_config, tmp, settings, extra_config)
     log_path = tmp / "jupyterhub.log"
     logf = await asyncio.to_thread(open, log_path, "wb")
     try:
