@@ -35,8 +35,17 @@ TUNNEL_REBUILDS = Counter(
 )
 
 
+_request_children: dict[tuple[str, int], Histogram] = {}
+
+
 def observe_request(action: str, status: int, seconds: float) -> None:
-    OUTPOST_REQUEST_DURATION.labels(action=action, status=str(status)).observe(seconds)
+    # the labelled child is looked up once per (action, status): polls call this
+    # hundreds of times a second
+    child = _request_children.get((action, status))
+    if child is None:
+        child = OUTPOST_REQUEST_DURATION.labels(action=action, status=str(status))
+        _request_children[(action, status)] = child
+    child.observe(seconds)
 
 
 def forward_opened(start_id: str) -> None:

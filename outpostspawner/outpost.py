@@ -3,7 +3,10 @@
 One client per event loop, shared by every spawner: libcurl keeps connections to
 each Outpost alive between requests, and two semaphores bound how many requests
 run at once, starts apart from polls and stops so that slow starts never delay
-the polls of running servers.
+the polls of running servers. Polls that fall into the same short window are
+sent together (``poll_batch_window``), so that hundreds of servers polled on
+their own timers cost the Hub one pass of the client per window instead of one
+wake-up per poll.
 """
 
 from __future__ import annotations
@@ -28,6 +31,39 @@ _log = logging.getLogger(__name__)
 observers: list[Callable[[str, int, float], None]] = [metrics.observe_request]
 
 _MAX_TEXT = 1000
+
+
+#: how long the answer of :func:`debug_enabled` is kept (seconds)
+_DEBUG_CHECK_EVERY = 5.0
+_debug_checked: dict[int, tuple[float, bool]] = {}
+
+
+def debug_enabled(log: logging.Logger | logging.LoggerAdapter) -> bool:
+    """Whether a debug record sent to ``log`` would be written anywhere.
+
+    ``Logger.isEnabledFor`` is not enough: traitlets applications such as
+    JupyterHub set their logger to DEBUG and filter in the handler, so a debug
+    call builds a record that no handler writes. This looks at the handlers too;
+    the answer is kept for a few seconds, so that hundreds of requests a second
+    do not walk the logger tree each.
+    """
+    logger = log.logger if isinstance(log, logging.LoggerAdapter) else log
+    now = time.monotonic()
+    checked = _debug_checked.get(id(logger))
+    if checked is not None and checked[0] > now:
+        return checked[1]
+    enabled = False
+    if logger.isEnabledFor(logging.DEBUG):
+        current: logging.Logger | None = logger
+        while current is not None:
+            if any(h.level <= logging.DEBUG for h in current.handlers):
+                enabled = True
+                break
+            if not current.propagate:
+                break
+            current = current.parent
+    _debug_checked[id(logger)] = (now + _DEBUG_CHECK_EVERY, enabled)
+    return enabled
 
 
 def _safe_url(url: str) -> str:
@@ -76,12 +112,22 @@ class OutpostClient:
     :param start_limit: starts in flight at once
     :param request_limit: other requests (poll, stop, list) in flight at once
     :param defaults: keyword arguments for every :class:`~tornado.httpclient.HTTPRequest`
+    :param poll_window: seconds a poll waits for others to go out with (0: none)
     """
 
-    def __init__(self, *, start_limit: int, request_limit: int, defaults: dict | None = None):
+    def __init__(
+        self,
+        *,
+        start_limit: int,
+        request_limit: int,
+        defaults: dict | None = None,
+        poll_window: float = 0.0,
+    ):
         self._loop = asyncio.get_running_loop()
         self.start_limit = start_limit
         self.request_limit = request_limit
+        self.poll_window = poll_window
+        self._batch: list[asyncio.Future] = []
         self._start_slots = asyncio.Semaphore(start_limit)
         self._request_slots = asyncio.Semaphore(request_limit)
         try:
@@ -98,7 +144,22 @@ class OutpostClient:
         )
 
     def close(self) -> None:
+        self._release_batch()
         self.http.close()
+
+    async def _join_batch(self) -> None:
+        """Wait until the current poll window ends (one is opened if none is)."""
+        waiter = self._loop.create_future()
+        self._batch.append(waiter)
+        if len(self._batch) == 1:
+            self._loop.call_later(self.poll_window, self._release_batch)
+        await waiter
+
+    def _release_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        for waiter in batch:
+            if not waiter.done():  # a cancelled poll's waiter is done already
+                waiter.set_result(None)
 
     async def fetch(
         self, action: str, request: HTTPRequest, *, logger: logging.Logger | None = None
@@ -113,6 +174,8 @@ class OutpostClient:
             message fit to show to users
         """
         log = logger or _log
+        if action == "poll" and self.poll_window > 0:
+            await self._join_batch()
         slots = self._start_slots if action == "start" else self._request_slots
         async with slots:
             tic = time.perf_counter()
@@ -131,7 +194,7 @@ class OutpostClient:
                 observer(action, code, elapsed)
             except Exception:
                 _log.exception("Outpost request observer failed")
-        if 200 <= code < 300 and not log.isEnabledFor(logging.DEBUG):
+        if 200 <= code < 300 and not debug_enabled(log):
             # the common case, e.g. hundreds of polls a second: nothing more to log
             return _parse_success(action, request, resp, code)
         url = _safe_url(request.url)
@@ -194,7 +257,11 @@ _clients: dict[tuple, OutpostClient] = {}
 
 
 def get_client(
-    *, start_limit: int, request_limit: int, defaults: dict | None = None
+    *,
+    start_limit: int,
+    request_limit: int,
+    defaults: dict | None = None,
+    poll_window: float = 0.0,
 ) -> OutpostClient:
     """The shared client of the running event loop for these settings."""
     loop = asyncio.get_running_loop()
@@ -203,13 +270,17 @@ def get_client(
         start_limit,
         request_limit,
         json.dumps(defaults or {}, sort_keys=True, default=repr),
+        poll_window,
     )
     client = _clients.get(key)
     if client is None:
         for k in [k for k, c in _clients.items() if c._loop.is_closed()]:
             _clients.pop(k).close()
         client = OutpostClient(
-            start_limit=start_limit, request_limit=request_limit, defaults=defaults
+            start_limit=start_limit,
+            request_limit=request_limit,
+            defaults=defaults,
+            poll_window=poll_window,
         )
         _clients[key] = client
     return client

@@ -59,6 +59,7 @@ class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
         self._request: tuple[str, dict, dict] | None = None  # url, headers, kwargs
         self._url_cache: tuple[tuple[str, str], str] | None = None
         self._client = None
+        self._poll_request: tuple | None = None
         self._remote_started = False
 
     @property
@@ -97,6 +98,7 @@ class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
                 start_limit=self.start_concurrency_limit,
                 request_limit=self.request_concurrency_limit,
                 defaults=self.http_client_defaults,
+                poll_window=self.poll_batch_window,
             )
         return client
 
@@ -305,7 +307,13 @@ class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
 
     async def _get_status(self) -> dict:
         url, headers, kwargs = await self._service_url(self.collect_logs_polling)
-        req = self._make_request("request_kwargs", url, "GET", headers, kwargs)
+        # the same request every few seconds while the server runs: built once
+        cached = self._poll_request
+        if cached is not None and cached[0] is self._request and cached[1] == url:
+            req = cached[2]
+        else:
+            req = self._make_request("request_kwargs", url, "GET", headers, kwargs)
+            self._poll_request = (self._request, url, req)
         resp = await self._http_client().fetch("poll", req, logger=self.log)
         body = resp.body
         if not isinstance(body, dict):

@@ -24,6 +24,11 @@ from tornado import web
 
 log = logging.getLogger("outpostspawner.testing.dummy_server")
 
+try:  # answered like jupyterhub-singleuser does, so the Hub does not warn about it
+    from jupyterhub._version import __version__ as _HUB_VERSION
+except ImportError:  # pragma: no cover - the server also runs without JupyterHub
+    _HUB_VERSION = ""
+
 
 class _DummyHandler(web.RequestHandler):
     def initialize(self, prefix: str, user: str | None) -> None:
@@ -32,6 +37,8 @@ class _DummyHandler(web.RequestHandler):
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
+        if _HUB_VERSION:
+            self.set_header("X-JupyterHub-Version", _HUB_VERSION)
 
     def get(self, *args: str) -> None:
         rest = self.request.path[len(self.prefix) :]
