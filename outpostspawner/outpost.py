@@ -202,10 +202,20 @@ class OutpostClient:
 
         if resp is None or code == 599:
             reason = str(error) if error else "no answer"
+            # the details (libcurl's wording, the Outpost's address) go to the log only
+            lowered = reason.lower()
+            if (
+                getattr(error, "errno", None) == 28
+                or "timeout" in lowered
+                or "timed out" in lowered
+            ):
+                what = "it did not answer in time"
+            else:
+                what = "the connection failed"
             raise OutpostError(
                 action,
                 599,
-                f"The Outpost could not be reached ({action}): {_short(reason)}",
+                f"The Outpost could not be reached ({action}): {what}.",
                 log_message=f"{action} {request.method} {url} failed: {reason}",
             )
         if 200 <= code < 300:

@@ -10,6 +10,7 @@ pass through the Hub's event loop.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from traitlets import Callable, CaselessStrEnum, Float, Integer, Unicode, Union
@@ -40,6 +41,23 @@ _USER_REASONS = {
 
 def _optional_port(v):
     return None if v is None else hooks.is_port(v)
+
+
+def hook_up_forwarder_log(app_log: logging.Logger | logging.LoggerAdapter) -> None:
+    """Send the records of the Hub-side forwarder code (supervisor, client) to
+    JupyterHub's log, as JupyterHub does with tornado's loggers. Without this they
+    reach no handler: their INFO records ("forwarder-0 started", "restored 3
+    forwards") are lost and warnings are printed bare by ``logging.lastResort``.
+    Nothing changes when the ``outpostspawner.forwarder`` logger (or a parent of
+    it) was configured by someone else.
+    """
+    logger = logging.getLogger("outpostspawner.forwarder")
+    if logger.handlers or logger.parent is not logging.root:
+        return
+    if isinstance(app_log, logging.LoggerAdapter):
+        app_log = app_log.logger
+    if isinstance(app_log, logging.Logger) and app_log is not logging.root:
+        logger.parent = app_log
 
 
 class SSHForwardMixin(LoggingConfigurable):
@@ -177,6 +195,7 @@ class SSHForwardMixin(LoggingConfigurable):
 
     def _forwarder(self) -> ForwarderBackend:
         """The backend shared by all spawners with the same forwarder settings."""
+        hook_up_forwarder_log(self.log)
         if self.ssh_forwarder_mode == "remote":
             url, token_file = self.ssh_forwarder_url, self.ssh_forwarder_token_file
             if not url or not token_file:

@@ -399,6 +399,53 @@ async def test_stop_kills_everything_and_is_idempotent(http):
         await http.fetch(o.url + "/ping", request_timeout=1)
 
 
+async def test_pause_and_resume(http, outpost):
+    """pause() makes the Outpost unreachable (connections refused, kept-alive ones
+    closed) while its services run on; resume() listens on the same port again."""
+    assert (await call(http, outpost, "POST", "/services", start_body()))[0] == 200
+    record = outpost.get_service("srv")
+    port = outpost.port
+    # a kept-alive connection, as the spawner's libcurl client keeps one
+    reader, writer = await asyncio.open_connection(outpost.host, port)
+    try:
+        writer.write(b"GET /ping HTTP/1.1\r\nHost: outpost\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 4)
+        assert head.startswith(b"HTTP/1.1 200")
+
+        await asyncio.wait_for(outpost.pause(), 6)
+        assert outpost.paused
+        await asyncio.wait_for(outpost.pause(), 1)  # idempotent
+        await asyncio.wait_for(reader.read(), 4)  # the rest of the answer, then EOF
+        assert reader.at_eof()
+    finally:
+        writer.close()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection(outpost.host, port)
+    with pytest.raises(ConnectionRefusedError):
+        await call(http, outpost, "GET", "/ping", auth=None)
+    # the service runs on and answers
+    assert not pid_gone(record.pid)
+    assert await get_service(http, record.address, "/user/alice/srv/api/status") == {
+        "version": "dummy"
+    }
+
+    await outpost.resume()
+    assert not outpost.paused and outpost.port == port
+    assert await call(http, outpost, "GET", "/ping", auth=None) == (200, {"status": "ok"})
+    code, data = await call(http, outpost, "GET", "/services/srv/abc123")
+    assert (code, data["status"]) == (200, None)
+    await outpost.resume()  # idempotent
+
+    # stopping a paused Outpost still ends its services
+    await outpost.pause()
+    await asyncio.wait_for(outpost.stop(), 8)
+    assert pid_gone(record.pid)
+    with pytest.raises(RuntimeError):
+        await outpost.pause()
+    with pytest.raises(RuntimeError):
+        await outpost.resume()
+
+
 # --- faults -------------------------------------------------------------------
 
 

@@ -226,7 +226,10 @@ async def test_419_is_shown_escaped_and_cleaned_up(outpost_spawner_factory, refe
         (Fault("start", "status", status=503), "The Outpost answered 503 (start)."),
         (Fault("start", "status", status=401), "The Outpost refused the Hub's credentials."),
         (Fault("start", "bad_json"), "The Outpost sent an invalid answer (start): not JSON."),
-        (Fault("start", "drop"), "The Outpost could not be reached (start)"),
+        (
+            Fault("start", "drop"),
+            "The Outpost could not be reached (start): the connection failed.",
+        ),
     ],
 )
 async def test_start_errors(outpost_spawner_factory, reference_outpost, fault, text):
@@ -235,6 +238,8 @@ async def test_start_errors(outpost_spawner_factory, reference_outpost, fault, t
     with pytest.raises(OutpostSpawnError) as ei:
         await spawner.start()
     assert str(ei.value).startswith(text)
+    # the Outpost's address and libcurl's wording stay in the log
+    assert str(reference_outpost.port) not in str(ei.value)
     await spawner.stop()
     assert reference_outpost.services == {}
     assert len(service_requests(reference_outpost, "DELETE")) <= 1
@@ -243,8 +248,9 @@ async def test_start_errors(outpost_spawner_factory, reference_outpost, fault, t
 async def test_start_timeout_removes_the_remote_service(outpost_spawner_factory, reference_outpost):
     reference_outpost.start_delay = 3
     spawner = outpost_spawner_factory(request_kwargs_start={"request_timeout": 0.5})
-    with pytest.raises(OutpostSpawnError, match="could not be reached"):
+    with pytest.raises(OutpostSpawnError) as ei:
         await spawner.start()
+    assert str(ei.value) == "The Outpost could not be reached (start): it did not answer in time."
     assert len(service_requests(reference_outpost, "DELETE")) == 1
     await asyncio.sleep(0.2)
     assert reference_outpost.services == {}
@@ -594,3 +600,33 @@ async def test_connections_are_reused(outpost_spawner_factory, reference_outpost
     peers = {r.peer for r in service_requests(reference_outpost, "GET")}
     await spawner.stop()
     assert len(peers) == 1 and "" not in peers
+
+
+async def test_poll_that_finds_the_server_gone_removes_what_the_start_made(
+    outpost_spawner_factory, reference_outpost
+):
+    """JupyterHub ends a server whose poll reports an exit code without calling
+    stop() (User.stop stops only running servers) and then clears the state: the
+    poll itself stops it at the Outpost (one DELETE) and removes Service and forward."""
+    removed = []
+    spawner = outpost_spawner_factory(
+        ssh_during_startup=True,
+        ssh_custom_forward=lambda spawner, port_forward_info: None,
+        ssh_custom_forward_remove=lambda spawner, port_forward_info: removed.append("forward"),
+        ssh_custom_svc=lambda spawner, port_forward_info: ("svc", port_forward_info["local_port"]),
+        ssh_custom_svc_remove=lambda spawner, port_forward_info: removed.append("svc"),
+    )
+    await spawner.start()
+    record = reference_outpost.get_service(spawner.outpost_name)
+    record.process.kill()
+    await asyncio.wait_for(record.process.wait(), 10)
+
+    status = await spawner.poll()
+    assert status is not None and status == record.status
+    assert removed == ["svc", "forward"]
+    assert len(service_requests(reference_outpost, "DELETE")) == 1
+    assert reference_outpost.get_service(spawner.outpost_name) is None
+    # a stop() after all changes nothing
+    await spawner.stop()
+    assert len(service_requests(reference_outpost, "DELETE")) == 1
+    assert removed == ["svc", "forward"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import sys
 import time
@@ -18,6 +19,7 @@ from tornado.netutil import bind_sockets
 
 from outpostspawner import OutpostSpawnError
 from outpostspawner.forwarder import supervisor
+from outpostspawner.ssh import hook_up_forwarder_log
 from outpostspawner.testing.dummy_server import make_app
 from outpostspawner.testing.sshd import free_port, keygen
 
@@ -354,3 +356,29 @@ async def test_remote_mode_needs_url_and_token(
         await spawner.start()
     assert reference_outpost.services == {}
     assert not (tmp_path / "known_hosts").exists()
+
+
+def test_forwarder_log_goes_to_the_hub_log():
+    """The supervisor's records reach JupyterHub's log handlers (INFO included)."""
+
+    logger = logging.getLogger("outpostspawner.forwarder")
+    saved = logger.parent
+    records: list[logging.LogRecord] = []
+    app_log = logging.getLogger("test-forwarder-log-app")
+    app_log.propagate = False
+    app_log.setLevel(logging.INFO)
+    handler = logging.Handler()
+    handler.emit = records.append
+    app_log.addHandler(handler)
+    try:
+        logger.parent = logging.root
+        hook_up_forwarder_log(app_log)
+        assert logger.parent is app_log
+        supervisor.log.info("restored %d forwards", 2)
+        assert [r.getMessage() for r in records] == ["restored 2 forwards"]
+        # once hooked up (or configured elsewhere), another logger changes nothing
+        hook_up_forwarder_log(logging.getLogger("test-forwarder-log-other"))
+        assert logger.parent is app_log
+    finally:
+        logger.parent = saved
+        app_log.removeHandler(handler)

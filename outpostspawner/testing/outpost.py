@@ -553,6 +553,8 @@ class ReferenceOutpost:
         self.services: dict[tuple[str, str], ServiceRecord] = {}
         self.faults = FaultPlan()
         self._server: httpserver.HTTPServer | None = None
+        self._app: web.Application | None = None
+        self._paused = False
         self._stopping = asyncio.Event()
         self._stopped = False
         self._tasks: set[asyncio.Task] = set()
@@ -612,11 +614,54 @@ class ReferenceOutpost:
             default_handler_args=args,
             log_function=_log_request,
         )
+        self._app = app
+        self._listen()
+        log.info("outpost: listening on %s (backend %s)", self.services_url, self.backend)
+
+    def _listen(self) -> None:
+        assert self._app is not None
         sockets = bind_sockets(self.port, self.host)
         self.port = sockets[0].getsockname()[1]
-        self._server = httpserver.HTTPServer(app)
+        self._server = httpserver.HTTPServer(self._app)
         self._server.add_sockets(sockets)
-        log.info("outpost: listening on %s (backend %s)", self.services_url, self.backend)
+
+    @property
+    def paused(self) -> bool:
+        """Whether the Outpost is unreachable because of :meth:`pause`."""
+        return self._paused
+
+    async def pause(self, timeout: float = 5) -> None:
+        """Become unreachable, as an Outpost that is down: close the listening
+        socket and every open connection (kept-alive ones included), so that
+        connections are refused. Requests in progress get no answer. The services
+        keep running; :meth:`resume` listens again on the same port.
+
+        :param timeout: seconds to wait for the open connections to close
+        """
+        if self._server is None or self._stopped:
+            raise RuntimeError("outpost is not running")
+        if self._paused:
+            return
+        self._paused = True
+        self._server.stop()
+        try:
+            await asyncio.wait_for(self._server.close_all_connections(), timeout=timeout)
+        except asyncio.TimeoutError:
+            log.warning("outpost: connections still open after pause")
+        log.info("outpost: paused, %s refuses connections", self.url)
+
+    async def resume(self) -> None:
+        """Listen again on the same address and port after :meth:`pause`.
+
+        :raises OSError: if the port was taken meanwhile
+        """
+        if self._stopped:
+            raise RuntimeError("outpost is stopped")
+        if not self._paused:
+            return
+        self._listen()
+        self._paused = False
+        log.info("outpost: resumed, listening on %s", self.services_url)
 
     async def stop(self) -> None:
         """Stop listening and terminate every service; safe to call twice."""
