@@ -408,8 +408,29 @@ class ForwardBaseSpawner(
         if self._restored and status is None:
             self._restored = False
             if not await self._restore_forward():
-                return 0
+                status = 0
+        if status is not None:
+            await self._remove_stopped(status)
         return status
+
+    async def _remove_stopped(self, status: int) -> None:
+        """The poll found the server gone. JupyterHub then ends it without calling
+        :meth:`stop` (``User.stop`` stops only servers whose poll says running), and
+        clears the state: remove the server at the remote side, the Service, the
+        forward and the remote forward now, or they are left behind. A pending
+        start cleans up after itself; a concurrent :meth:`stop` waits for this."""
+        if self._remote_failure is not None or self._cleanup_task is not None:
+            return
+        self.log.info(
+            "%s: the server is gone (exit status %s); removing what its start created",
+            self._log_name,
+            status,
+        )
+        self._cleanup_task = asyncio.ensure_future(self._teardown(failed_start=False))
+        try:
+            await asyncio.shield(self._cleanup_task)
+        except Exception:
+            self.log.exception("%s: cleanup of the stopped server failed", self._log_name)
 
     async def stop(self, now=False):
         if self._cleanup_task is not None:

@@ -9,6 +9,7 @@ received and inject faults. One Hub serves all tests of a module.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -516,3 +517,71 @@ def outpost_settings(outpost):
     yield outpost
     outpost.start_delay = delay
     outpost.faults.clear()
+
+
+async def restart_hub(hub: HubProcess) -> HubProcess:
+    """Start ``jupyterhub`` again after :func:`stop_hub`, with the same configuration
+    file, database, cookie secret, ports and tokens, and wait until its API answers
+    through the proxy.
+
+    On SIGTERM JupyterHub stops the proxy it started (``cleanup_proxy``); the new Hub
+    starts a new one on the same ports and adds the routes of the servers that are
+    still running. Returns a new :class:`HubProcess` (its log is a new file next to
+    the old one); the old one must not be used any more."""
+    if hub.process.returncode is None:
+        raise RuntimeError("restart_hub: stop the Hub first (stop_hub)")
+    tmp = hub.log_path.parent
+    config = tmp / "jupyterhub_config.py"
+    n = 2
+    while (tmp / f"jupyterhub-{n}.log").exists():
+        n += 1
+    log_path = tmp / f"jupyterhub-{n}.log"
+    logf = await asyncio.to_thread(open, log_path, "wb")
+    try:
+        process = await asyncio.create_subprocess_exec(
+            str(JUPYTERHUB),
+            "-f",
+            str(config),
+            "--debug",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=logf,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=str(tmp),
+            start_new_session=True,
+        )
+    finally:
+        logf.close()
+    new = dataclasses.replace(
+        hub,
+        process=process,
+        log_path=log_path,
+        proxy_pid=None,
+        http=AsyncHTTPClient(force_instance=True),
+    )
+
+    async def up(url: str) -> bool:
+        if process.returncode is not None:
+            pytest.fail(
+                f"jupyterhub exited with {process.returncode} during its restart:\n"
+                f"{new.log_tail()}",
+                pytrace=False,
+            )
+        try:
+            resp = await new.fetch(url, timeout=5)
+        except ConnectionError:
+            return False
+        return resp.code == 200
+
+    try:
+        for url in (f"{new.hub_url}/hub/api/", f"{new.url}/hub/api/"):
+            await wait_for(
+                lambda url=url: up(url),
+                timeout=HUB_READY_TIMEOUT + 30,
+                interval=0.3,
+                message=lambda url=url: f"the restarted jupyterhub at {url}\n{new.log_tail()}",
+            )
+        new.proxy_pid = await asyncio.to_thread(_read_pid, tmp / "proxy.pid")
+    except BaseException:
+        await stop_hub(new)
+        raise
+    return new
