@@ -234,7 +234,9 @@ class ForwardBaseSpawner(
         self.port_forward_info = {}
         self._cleaned = False
         self._cleanup_task = None
-        self._address = None
+        # open for the whole start: a remote side may report the address before the
+        # Outpost's answer to the start request has arrived here
+        self._address = asyncio.get_running_loop().create_future()
         self._restored = False
         self._remote_failure = asyncio.get_running_loop().create_future()
         steps = asyncio.ensure_future(self._start_steps())
@@ -269,6 +271,7 @@ class ForwardBaseSpawner(
             raise error from e
         finally:
             self._remote_failure = None
+            self._address = None  # addresses reported later are refused
 
     async def _start_steps(self) -> str:
         port = await hooks.resolve(
@@ -342,8 +345,8 @@ class ForwardBaseSpawner(
         """Wait until :meth:`receive_service_address` is called or
         :meth:`_check_pending_start` finds the address; JupyterHub's
         ``start_timeout`` bounds the wait."""
-        loop = asyncio.get_running_loop()
-        self._address = loop.create_future()
+        if self._address is None:  # a subclass's start without ForwardBaseSpawner.start
+            self._address = asyncio.get_running_loop().create_future()
         while not self._address.done():
             found = await self._check_pending_start()
             if found and not self._address.done():

@@ -346,6 +346,28 @@ async def test_delayed_address_reported_by_callback(outpost_spawner_factory, ref
     await spawner.stop()
 
 
+async def test_address_reported_before_the_start_answer(outpost_spawner_factory, reference_outpost):
+    """A fast remote side may call setuptunnel before the Outpost's 202 reaches the
+    Hub: the address is kept for the start."""
+    reference_outpost.start_delay = 0.5  # the answer to the start request comes late
+
+    async def early_callback():
+        for _ in range(200):
+            if service_requests(reference_outpost, "POST"):
+                spawner.receive_service_address("127.0.0.1:9", tunnel=False)
+                return
+            await asyncio.sleep(0.01)
+
+    spawner = outpost_spawner_factory(update_start_response=lambda spawner, start_response: "")
+    helper = asyncio.ensure_future(early_callback())
+    url = await asyncio.wait_for(spawner.start(), timeout=5)
+    await helper
+    assert url == "http://127.0.0.1:9"
+    with pytest.raises(ValueError, match="no start is waiting"):
+        spawner.receive_service_address("127.0.0.1:10")
+    await spawner.stop()
+
+
 async def test_async_start_that_crashes_fails(outpost_spawner_factory, reference_outpost):
     reference_outpost.faults.add(Fault("start", "crash"))
     spawner = outpost_spawner_factory(start_async=True, async_start_poll_interval=0.1)
