@@ -19,7 +19,7 @@ from tornado import web
 from tornado.httpclient import HTTPRequest
 from tornado.ioloop import PeriodicCallback
 
-from . import hooks, metrics
+from . import hooks, metrics, polling
 from .addresses import ServiceAddress, parse_service_address
 from .errors import OutpostSpawnError
 from .events import EventLog, make_event, sanitize_event
@@ -152,12 +152,28 @@ class ForwardBaseSpawner(
 
     def start_polling(self) -> None:
         """Poll every ``custom_poll_interval`` milliseconds when one was resolved
-        for this start, else every ``poll_interval`` seconds; ``poll_jitter`` applies."""
-        if not self._poll_interval_ms:
-            return super().start_polling()
+        for this start, else every ``poll_interval`` seconds; ``poll_jitter``
+        applies. All servers share one timer (``poll_batch_window``)."""
+        if self._poll_interval_ms:
+            interval = self._poll_interval_ms / 1000
+        else:
+            interval = float(self.poll_interval)
+        if interval <= 0:
+            self.log.debug("%s: not polling", self._log_name)
+            return
         self.stop_polling()
+        if self.poll_batch_window > 0:
+            try:
+                scheduler = polling.get_scheduler(self.poll_batch_window)
+            except RuntimeError:  # no running event loop: tornado's timer below
+                pass
+            else:
+                self._poll_callback = scheduler.add(
+                    self.poll_and_notify, interval, self.poll_jitter
+                )
+                return
         self._poll_callback = PeriodicCallback(
-            self.poll_and_notify, self._poll_interval_ms, jitter=self.poll_jitter
+            self.poll_and_notify, 1e3 * interval, jitter=self.poll_jitter
         )
         self._poll_callback.start()
 

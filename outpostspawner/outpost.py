@@ -3,10 +3,8 @@
 One client per event loop, shared by every spawner: libcurl keeps connections to
 each Outpost alive between requests, and two semaphores bound how many requests
 run at once, starts apart from polls and stops so that slow starts never delay
-the polls of running servers. Polls that fall into the same short window are
-sent together (``poll_batch_window``), so that hundreds of servers polled on
-their own timers cost the Hub one pass of the client per window instead of one
-wake-up per poll.
+the polls of running servers. (The polls themselves come in batches from one
+timer for all servers: :mod:`outpostspawner.polling`.)
 """
 
 from __future__ import annotations
@@ -112,7 +110,6 @@ class OutpostClient:
     :param start_limit: starts in flight at once
     :param request_limit: other requests (poll, stop, list) in flight at once
     :param defaults: keyword arguments for every :class:`~tornado.httpclient.HTTPRequest`
-    :param poll_window: seconds a poll waits for others to go out with (0: none)
     """
 
     def __init__(
@@ -121,13 +118,10 @@ class OutpostClient:
         start_limit: int,
         request_limit: int,
         defaults: dict | None = None,
-        poll_window: float = 0.0,
     ):
         self._loop = asyncio.get_running_loop()
         self.start_limit = start_limit
         self.request_limit = request_limit
-        self.poll_window = poll_window
-        self._batch: list[asyncio.Future] = []
         self._start_slots = asyncio.Semaphore(start_limit)
         self._request_slots = asyncio.Semaphore(request_limit)
         try:
@@ -144,22 +138,7 @@ class OutpostClient:
         )
 
     def close(self) -> None:
-        self._release_batch()
         self.http.close()
-
-    async def _join_batch(self) -> None:
-        """Wait until the current poll window ends (one is opened if none is)."""
-        waiter = self._loop.create_future()
-        self._batch.append(waiter)
-        if len(self._batch) == 1:
-            self._loop.call_later(self.poll_window, self._release_batch)
-        await waiter
-
-    def _release_batch(self) -> None:
-        batch, self._batch = self._batch, []
-        for waiter in batch:
-            if not waiter.done():  # a cancelled poll's waiter is done already
-                waiter.set_result(None)
 
     async def fetch(
         self, action: str, request: HTTPRequest, *, logger: logging.Logger | None = None
@@ -174,8 +153,6 @@ class OutpostClient:
             message fit to show to users
         """
         log = logger or _log
-        if action == "poll" and self.poll_window > 0:
-            await self._join_batch()
         slots = self._start_slots if action == "start" else self._request_slots
         async with slots:
             tic = time.perf_counter()
@@ -271,7 +248,6 @@ def get_client(
     start_limit: int,
     request_limit: int,
     defaults: dict | None = None,
-    poll_window: float = 0.0,
 ) -> OutpostClient:
     """The shared client of the running event loop for these settings."""
     loop = asyncio.get_running_loop()
@@ -280,7 +256,6 @@ def get_client(
         start_limit,
         request_limit,
         json.dumps(defaults or {}, sort_keys=True, default=repr),
-        poll_window,
     )
     client = _clients.get(key)
     if client is None:
@@ -290,7 +265,6 @@ def get_client(
             start_limit=start_limit,
             request_limit=request_limit,
             defaults=defaults,
-            poll_window=poll_window,
         )
         _clients[key] = client
     return client

@@ -98,7 +98,6 @@ class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
                 start_limit=self.start_concurrency_limit,
                 request_limit=self.request_concurrency_limit,
                 defaults=self.http_client_defaults,
-                poll_window=self.poll_batch_window,
             )
         return client
 

@@ -8,7 +8,7 @@ signature accepts, and may be async.
 
 from __future__ import annotations
 
-from traitlets import Any, Bool, Callable, Dict, Integer, List, Unicode, Union, default
+from traitlets import Any, Bool, Callable, Dict, Float, Integer, List, Unicode, Union, default
 from traitlets.config import LoggingConfigurable
 
 _NS_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -129,6 +129,21 @@ class ForwardTraits(LoggingConfigurable):
     ).tag(config=True)
 
     # --- lifecycle hooks -----------------------------------------------------
+
+    poll_batch_window = Float(
+        0.05,
+        min=0.0,
+        help="""
+        Seconds between the passes of the one timer that polls all servers.
+        JupyterHub polls every server on a timer of its own, so with hundreds of
+        servers the Hub wakes up for each poll and each request goes out alone.
+        Instead, one timer per Hub wakes up at most this often and polls every
+        server that is due, each still every ``poll_interval`` (or
+        ``custom_poll_interval``) with ``poll_jitter``; their requests go out
+        together. A poll runs at most this much later than it would have; ``0``
+        gives every server its own timer again, as in JupyterHub.
+        """,
+    ).tag(config=True)
 
     pre_poll_hook = Any(
         False,

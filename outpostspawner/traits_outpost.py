@@ -110,19 +110,6 @@ class OutpostTraits(LoggingConfigurable):
         help="Poll, stop and list requests in flight to Outposts at once, across all servers.",
     ).tag(config=True)
 
-    poll_batch_window = Float(
-        0.05,
-        min=0.0,
-        help="""
-        Seconds a poll may wait so that the polls of many servers go out together.
-        JupyterHub polls each server on its own timer; sending the polls that fall
-        into the same short window at once lets the shared client handle them in one
-        pass instead of one wake-up each, which makes polling hundreds of servers
-        markedly cheaper for the Hub. Compared with ``poll_interval`` (30 s by
-        default) the delay is nothing. ``0`` sends every poll at once.
-        """,
-    ).tag(config=True)
-
     outpost_name_template = Unicode(
         "{userid}-{servername}",
         help="""
