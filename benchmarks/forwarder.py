@@ -61,7 +61,6 @@ from outpostspawner.forwarder.supervisor import (  # noqa: E402
     ForwarderSupervisor,
     SupervisorConfig,
 )
-from outpostspawner.ssh import SSHForwardMixin  # noqa: E402
 from outpostspawner.testing.sshd import SSHD, TestSSHD, free_port  # noqa: E402
 
 PATHS = ("direct", "forwarder", "openssh")
@@ -493,10 +492,8 @@ class ForwarderPath:
         self.sshd = sshd
         self.known_hosts = known_hosts
         self.log_path = log_path
-        # as the spawner configures it: default log level (INFO), backoff and
-        # priority below the Hub's (ssh_forwarder_nice)
-        nice = SSHForwardMixin.ssh_forwarder_nice.default_value
-        self.backend = ForwarderSupervisor(SupervisorConfig(nice=nice))
+        # as the spawner configures it: default log level (INFO) and backoff
+        self.backend = ForwarderSupervisor(SupervisorConfig())
 
     def spec(self, fid: str, dest_port: int, listen_port: int | None = None) -> dict:
         port = free_port() if listen_port is None else listen_port
@@ -1149,10 +1146,8 @@ def markdown(r: dict, command: str) -> str:
         f"asyncssh {m['asyncssh']}, {m['openssh']}. Ciphers negotiated with the sshd: "
         f"forwarder {r['ciphers']['forwarder']}, OpenSSH {r['ciphers']['openssh']} (each "
         "client's default preference); the throughput is also measured with OpenSSH on the "
-        "forwarder's cipher. The forwarder process runs with niceness "
-        f"+{SSHForwardMixin.ssh_forwarder_nice.default_value} (`ssh_forwarder_nice`, its "
-        "default), OpenSSH's `ssh` at the Hub's priority. Other load on the machine while "
-        f"measuring: {r['other_load']}.",
+        "forwarder's cipher. Other load on the machine while measuring: "
+        f"{r['other_load']}.",
         "",
         "## Goals",
         "",
