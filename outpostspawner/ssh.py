@@ -108,19 +108,6 @@ class SSHForwardMixin(LoggingConfigurable):
         """,
     ).tag(config=True)
 
-    ssh_forwarder_nice = Integer(
-        5,
-        min=0,
-        max=19,
-        help="""
-        How much lower than the Hub's the CPU priority of the forwarder processes
-        is (``process`` mode; added to their niceness). When CPU is short, the
-        Hub's own work (its API, the proxy's requests, polls) then comes before
-        tunnel traffic, which takes every cycle it can get. ``0`` runs them at
-        the Hub's priority.
-        """,
-    ).tag(config=True)
-
     ssh_forwarder_reconnect_delay = Float(
         1.0,
         help="""
@@ -228,7 +215,6 @@ class SSHForwardMixin(LoggingConfigurable):
             reconnect_max_delay=self.ssh_forwarder_reconnect_max_delay,
             restart_delay=self.ssh_forwarder_reconnect_delay,
             restart_max_delay=self.ssh_forwarder_reconnect_max_delay,
-            nice=self.ssh_forwarder_nice,
         )
         return get_backend(("process", config), lambda: ForwarderSupervisor(config))
 

@@ -749,15 +749,3 @@ async def test_cancelled_add_during_the_start_leaves_nothing(sshd, remote_http, 
         await supervisor.close()
     assert supervisor.processes() == []
     assert set(glob.glob(pattern)) <= before
-
-
-async def test_forwarder_children_run_below_the_hubs_priority(sshd, remote_http, tmp_path):
-    supervisor = ForwarderSupervisor(SupervisorConfig(log_level="WARNING", nice=7))
-    try:
-        options = {"UserKnownHostsFile": str(tmp_path / "kh")}
-        spec = make_spec(sshd, remote_http, ssh=target_dict(sshd, options=options)).to_dict()
-        await supervisor.add(spec)
-        (process,) = supervisor.processes()
-        assert os.getpriority(os.PRIO_PROCESS, process.pid) == os.nice(0) + 7
-    finally:
-        await supervisor.close()

@@ -51,18 +51,6 @@ def raise_open_file_limit() -> int:
     return target
 
 
-def lower_priority(increment: int) -> int:
-    """Add ``increment`` to the process's niceness (CPU priority below the Hub's).
-    Returns the niceness now in effect."""
-    if increment <= 0:
-        return os.nice(0)
-    try:
-        return os.nice(increment)
-    except OSError:  # e.g. forbidden by a seccomp profile: run at the same priority
-        log.warning("could not lower the CPU priority by %d", increment)
-        return os.nice(0)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m outpostspawner.forwarder",
@@ -89,7 +77,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--connect-timeout", type=float, default=d.connect_timeout)
     p.add_argument("--reconnect-delay", type=float, default=d.reconnect_delay)
     p.add_argument("--reconnect-max-delay", type=float, default=d.reconnect_max_delay)
-    p.add_argument("--nice", type=int, default=0, help="lower the CPU priority by this much (0-19)")
     p.add_argument("--exit-on-stdin-eof", action="store_true", help="stop when stdin closes")
     p.add_argument("--ready-line", action="store_true", help='print {"ready": ...} when listening')
     p.add_argument("--log-level", default="INFO")
@@ -160,13 +147,7 @@ async def serve(args: argparse.Namespace, token: str) -> int:
     transport = None
     if args.exit_on_stdin_eof:
         transport = await _watch_stdin(loop, stop)
-    log.info(
-        "listening on %s (pid %d, open files %d, niceness %d)",
-        where,
-        os.getpid(),
-        raise_open_file_limit(),
-        lower_priority(max(0, min(19, args.nice))),
-    )
+    log.info("listening on %s (pid %d, open files %d)", where, os.getpid(), raise_open_file_limit())
     if args.ready_line:
         sys.stdout.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
         sys.stdout.flush()

@@ -77,8 +77,6 @@ class SupervisorConfig:
     restart_max_delay: float = 30.0
     log_level: str = "INFO"
     python: str = sys.executable
-    #: added to the children's niceness: below the Hub's CPU priority
-    nice: int = 0
 
 
 #: the private directories of forwarder children that have not been stopped yet;
@@ -170,8 +168,6 @@ class ForwarderProcess:
             c.log_level,
             "--log-name",
             f"forwarder-{self.index}",
-            "--nice",
-            str(c.nice),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,
