@@ -36,6 +36,7 @@ from tornado import httpserver, httputil, web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.netutil import bind_sockets
 
+from ..processes import stop_process
 from .faults import Fault, FaultPlan, spawner_error
 
 log = logging.getLogger("outpostspawner.testing")
@@ -837,31 +838,15 @@ class ReferenceOutpost:
         log.info("outpost: service %s runs as pid %s", record.name, record.process.pid)
         return record.process
 
-    @staticmethod
-    def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            try:
-                proc.send_signal(sig)
-            except ProcessLookupError:
-                pass
-
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM the service's process group, SIGKILL after ``stop_timeout``."""
         if proc.returncode is not None:
             return
-        self._signal(proc, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout=self.stop_timeout)
-            return
-        except asyncio.TimeoutError:
-            log.warning("outpost: pid %s ignored SIGTERM, sending SIGKILL", proc.pid)
-        self._signal(proc, signal.SIGKILL)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout=5)
-        except asyncio.TimeoutError:
+        code = await stop_process(proc, self.stop_timeout, group=True)
+        if code is None:
             log.error("outpost: pid %s did not exit after SIGKILL", proc.pid)
+        elif code == -signal.SIGKILL:
+            log.warning("outpost: pid %s ignored SIGTERM and was killed", proc.pid)
 
     async def _teardown(self, record: ServiceRecord) -> None:
         """Cancel a pending start and stop the service (record already removed)."""
