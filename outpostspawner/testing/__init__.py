@@ -5,6 +5,7 @@ protocol; :class:`Fault` describes an injectable misbehaviour of it.
 """
 
 from .faults import Fault, FaultPlan
-from .outpost import RecordedRequest, ReferenceOutpost, ServiceRecord
+from .outpost import ReferenceOutpost
+from .records import RecordedRequest, ServiceRecord
 
 __all__ = ["Fault", "FaultPlan", "RecordedRequest", "ReferenceOutpost", "ServiceRecord"]

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
-import hmac
 import json
 import logging
 import os
@@ -26,18 +24,26 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import traceback
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from tornado import httpserver, httputil, web
+from tornado import httpserver, web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.netutil import bind_sockets
 
 from ..processes import stop_process
-from .faults import Fault, FaultPlan, spawner_error
+from .faults import FaultPlan, spawner_error
+from .handlers import (
+    FaultsHandler,
+    FlavorsHandler,
+    NotFoundHandler,
+    PingHandler,
+    ServiceHandler,
+    ServicesHandler,
+    log_request,
+)
+from .records import RecordedRequest, ServiceRecord, host_port
 
 log = logging.getLogger("outpostspawner.testing")
 
@@ -56,17 +62,6 @@ _CRASH_COMMAND = [
     "-c",
     "import sys; print('injected crash', flush=True); sys.exit(1)",
 ]
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _peer(request: httputil.HTTPServerRequest) -> str:
-    address = getattr(request.connection.context, "address", None)
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return ""
 
 
 def _free_port(host: str) -> int:
@@ -99,405 +94,6 @@ def _prepare_launch(workdir: str, log_path: str, command: list[str], path: str |
         if found:
             cmd[0] = found
     return open(log_path, "ab"), cmd  # noqa: SIM115 - closed by the caller
-
-
-@dataclass
-class RecordedRequest:
-    """One request the Outpost received.
-
-    :param method: HTTP method.
-    :param path: URL path without the query.
-    :param query: query arguments (last value of each).
-    :param headers: request headers; ``Authorization`` is redacted to ``Basic ***``.
-    :param json: the parsed JSON body, ``None`` if there was none or it was not JSON.
-    :param time: ``time.time()`` when it arrived.
-    """
-
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    json: Any
-    time: float
-    #: the client's ``host:port``: one value for many requests means a kept-alive connection
-    peer: str = ""
-
-    @property
-    def body(self) -> Any:
-        """The parsed JSON body (same as :attr:`json`)."""
-        return self.json
-
-
-@dataclass(eq=False)
-class ServiceRecord:
-    """One service started for a Hub, kept in ``ReferenceOutpost.services[(hub, name)]``.
-
-    :param hub: Hub name (from the Basic credentials).
-    :param name: service name from the start body.
-    :param start_id: ``user_options["start_id"]`` from the start body.
-    :param body: the start body as received.
-    :param host: host the service listens on (the Outpost's ``service_host``).
-    :param port: port the service listens on.
-    :param env: the environment the service was started with.
-    :param log_path: the service's stdout/stderr file (process backend).
-    :param process: the service process (process backend).
-    :param server: the service's HTTP server (inprocess backend).
-    :param logs: the log lines last read.
-    :param ready: the start finished successfully (its delay is over).
-    :param error: the 419 body if the start failed.
-    :param exit_status: exit code of a service without a process.
-    :param start_task: the task running the start.
-    """
-
-    hub: str
-    name: str
-    start_id: str
-    body: dict[str, Any]
-    host: str
-    port: int
-    env: dict[str, str] = field(default_factory=dict, repr=False)
-    log_path: str | None = None
-    process: asyncio.subprocess.Process | None = field(default=None, repr=False)
-    server: httpserver.HTTPServer | None = field(default=None, repr=False)
-    logs: list[str] = field(default_factory=list, repr=False)
-    ready: bool = False
-    error: dict[str, Any] | None = None
-    exit_status: int | None = None
-    start_task: asyncio.Task | None = field(default=None, repr=False)
-    async_start: bool = False
-    #: HTTP status of the setuptunnel callback after an async start, if one was made
-    address_reported: int | None = None
-    created: float = field(default_factory=time.time)
-
-    @property
-    def address(self) -> str:
-        """``host:port`` of the service."""
-        return _host_port(self.host, self.port)
-
-    @property
-    def pid(self) -> int | None:
-        """Process id (process backend), else ``None``."""
-        return self.process.pid if self.process else None
-
-    @property
-    def status(self) -> int | None:
-        """``None`` while running, else the exit code."""
-        if self.process is not None:
-            return self.process.returncode
-        return self.exit_status
-
-
-def _validate_start_body(raw: bytes) -> tuple[dict[str, Any] | None, str]:
-    """Check a start body; returns ``(body, "")`` or ``(None, error)``."""
-    try:
-        body = json.loads(raw or b"null")
-    except ValueError as e:
-        return None, f"invalid JSON body: {e}"
-    if not isinstance(body, dict):
-        return None, "body must be a JSON object"
-    name = body.get("name")
-    if not isinstance(name, str) or not name or "/" in name:
-        return None, "'name' must be a non-empty string without '/'"
-    for key in ("env", "user_options", "misc", "certs", "internal_trust_bundles", "authentication"):
-        if body.get(key) is not None and not isinstance(body[key], dict):
-            return None, f"{key!r} must be a JSON object"
-    env = body.get("env") or {}
-    for k, v in env.items():
-        if not k or "=" in k or "\0" in k:
-            return None, f"invalid env name {k!r}"
-        if isinstance(v, dict | list) or v is None or "\0" in str(v):
-            return None, f"env {k!r} must be a string"
-    start_id = (body.get("user_options") or {}).get("start_id")
-    if isinstance(start_id, bool) or not isinstance(start_id, str | int) or start_id == "":
-        return None, "'user_options.start_id' must be a non-empty string"
-    if "/" in str(start_id):
-        return None, "'user_options.start_id' must not contain '/'"
-    return body, ""
-
-
-class _Handler(web.RequestHandler):
-    """Base: records requests, checks auth, applies faults, answers JSON."""
-
-    def initialize(self, outpost: ReferenceOutpost) -> None:
-        self.outpost = outpost
-        self.crash = False
-        self._closed = asyncio.Event()
-
-    def prepare(self) -> None:
-        try:
-            body = json.loads(self.request.body) if self.request.body else None
-        except ValueError:
-            body = None
-        headers = {}
-        for k, v in self.request.headers.get_all():
-            if k.lower() == "authorization":
-                v = "Basic ***" if v.lower().startswith("basic ") else "***"
-            headers[k] = v
-        query = {
-            k: v[-1].decode("utf-8", "replace") for k, v in self.request.query_arguments.items()
-        }
-        self.outpost.requests.append(
-            RecordedRequest(
-                self.request.method or "",
-                self.request.path,
-                query,
-                headers,
-                body,
-                time.time(),
-                peer=_peer(self.request),
-            )
-        )
-
-    def on_connection_close(self) -> None:
-        self._closed.set()
-
-    def set_default_headers(self) -> None:
-        self.set_header("Content-Type", "application/json")
-
-    def compute_etag(self) -> None:
-        return None
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        self.finish(json.dumps({"error": self._reason}))
-
-    def send_json(self, status: int, data: Any) -> None:
-        self.send(status, json.dumps(data).encode())
-
-    def send(self, status: int, payload: bytes) -> None:
-        if self._finished:
-            return
-        if self._closed.is_set():  # the client went away: nothing to answer
-            self.drop()
-            return
-        self.set_status(status, reason="Spawner Error" if status == 419 else None)
-        self.finish(payload)
-
-    def drop(self) -> None:
-        """Close the connection without an answer."""
-        stream = self.request.connection.stream  # type: ignore[attr-defined]
-        stream.close()
-        self._finished = True  # nothing may be written any more
-
-    @property
-    def collect_logs(self) -> bool:
-        return self.get_query_argument("collect_logs", "false").lower() in ("true", "1", "yes")
-
-    @property
-    def is_async(self) -> bool:
-        return self.request.headers.get("execution-type", "").lower() == "async"
-
-    def authenticate(self) -> str | None:
-        """The Hub name from valid Basic credentials; else answers 401 and returns None."""
-        scheme, _, value = self.request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "basic":
-            try:
-                decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-            except (binascii.Error, ValueError):
-                decoded = ""
-            hub, sep, password = decoded.partition(":")
-            expected = self.outpost.credentials.get(hub)
-            if (
-                sep
-                and expected is not None
-                and hmac.compare_digest(password.encode(), expected.encode())
-            ):
-                return hub
-        self.set_header("WWW-Authenticate", 'Basic realm="outpost"')
-        self.send_json(401, {"error": "unauthorized"})
-        return None
-
-    async def wait_abortable(self, seconds: float) -> bool:
-        """Sleep; returns False early if the client goes away or the Outpost stops."""
-        waiters = [
-            asyncio.ensure_future(self._closed.wait()),
-            asyncio.ensure_future(self.outpost._stopping.wait()),
-        ]
-        try:
-            done, _ = await asyncio.wait(
-                waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-        return not done
-
-    async def apply_fault(self, action: str, name: str | None = None) -> bool:
-        """Apply the matching fault, if any; True if the request is answered by it."""
-        fault = self.outpost.faults.take(action, name)
-        if fault is None:
-            return False
-        log.info(
-            "outpost: injecting fault %s for %s %s",
-            fault.kind,
-            self.request.method,
-            self.request.path,
-        )
-        if fault.kind == "delay":
-            if not await self.wait_abortable(fault.delay):
-                self.drop()
-                return True
-            return False
-        if fault.kind == "crash":
-            self.crash = True
-            return False
-        if fault.kind == "hang":
-            await self.wait_abortable(self.outpost.hang_timeout)
-            self.drop()
-        elif fault.kind == "drop":
-            self.drop()
-        else:
-            self.send(*fault.response())
-        return True
-
-    async def begin(self, action: str, name: str | None = None, auth: bool = True) -> str | None:
-        """Authenticate and apply faults; the Hub name if the request goes on."""
-        hub = self.authenticate() if auth else ""
-        if hub is None or await self.apply_fault(action, name):
-            return None
-        return hub
-
-
-class _PingHandler(_Handler):
-    async def get(self) -> None:
-        if await self.begin("other", auth=False) is not None:
-            self.send_json(200, {"status": "ok"})
-
-
-class _FlavorsHandler(_Handler):
-    async def get(self) -> None:
-        if await self.begin("other") is not None:
-            self.send_json(200, {})
-
-    async def post(self) -> None:
-        await self.get()
-
-
-class _ServicesHandler(_Handler):
-    async def get(self) -> None:
-        hub = await self.begin("list")
-        if hub is None:
-            return
-        self.send_json(
-            200,
-            [
-                {
-                    "name": r.name,
-                    "start_id": r.start_id,
-                    "service": r.address if r.ready else "",
-                    "status": r.status,
-                }
-                for (h, _), r in list(self.outpost.services.items())
-                if h == hub
-            ],
-        )
-
-    async def post(self) -> None:
-        hub = self.authenticate()
-        if hub is None:
-            return
-        body, error = _validate_start_body(self.request.body)
-        if body is None:
-            self.send_json(400, {"error": error})
-            return
-        if await self.apply_fault("start", body["name"]):
-            return
-        if self.outpost._stopping.is_set():
-            self.send_json(503, {"error": "the outpost is stopping"})
-            return
-        record = await self.outpost._start_service(hub, body, crash=self.crash)
-        if self.is_async:
-            record.async_start = True
-            self.send_json(202, {"service": ""})
-            return
-        task = record.start_task
-        assert task is not None
-        await asyncio.wait({task}, timeout=self.outpost.start_delay + 60)
-        if not task.done():
-            self.send_json(419, spawner_error("start timed out", cls="TimeoutError"))
-        elif task.cancelled():
-            self.send_json(
-                419,
-                spawner_error(
-                    "start cancelled by a stop request", cls="CancelledError", module="asyncio"
-                ),
-            )
-        elif record.error:
-            self.send_json(419, record.error)
-        else:
-            self.send_json(200, {"service": record.address})
-
-
-class _ServiceHandler(_Handler):
-    def _find(self, hub: str, name: str, start_id: str) -> ServiceRecord | None:
-        record = self.outpost.services.get((hub, name))
-        if record is None or record.start_id != start_id:
-            self.send_json(404, {"error": f"no service {name!r} with start_id {start_id!r}"})
-            return None
-        return record
-
-    async def get(self, name: str, start_id: str) -> None:
-        hub = await self.begin("poll", name)
-        record = self._find(hub, name, start_id) if hub is not None else None
-        if record is not None:
-            logs = await self.outpost._collect_logs(record) if self.collect_logs else []
-            self.send_json(200, {"status": record.status, "logs": logs})
-
-    async def delete(self, name: str, start_id: str) -> None:
-        hub = await self.begin("stop", name)
-        record = self._find(hub, name, start_id) if hub is not None else None
-        if record is None:
-            return
-        self.outpost.services.pop((hub, name), None)
-        if self.is_async:
-            self.outpost._spawn(self.outpost._teardown(record), f"stop-{name}")
-            self.send_json(202, {})
-            return
-        await self.outpost._teardown(record)
-        logs = await self.outpost._collect_logs(record) if self.collect_logs else []
-        self.send_json(200, {"logs": logs})
-
-
-class _FaultsHandler(_Handler):
-    def _answer(self) -> None:
-        self.send_json(200, {"faults": [f.to_dict() for f in self.outpost.faults]})
-
-    def get(self) -> None:
-        if self.authenticate() is not None:
-            self._answer()
-
-    def post(self) -> None:
-        if self.authenticate() is None:
-            return
-        try:
-            data = json.loads(self.request.body or b"null")
-            faults = [Fault.from_dict(d) for d in (data if isinstance(data, list) else [data])]
-        except (ValueError, TypeError) as e:
-            self.send_json(400, {"error": f"invalid faults: {e}"})
-            return
-        for fault in faults:
-            self.outpost.faults.add(fault)
-        self._answer()
-
-    def delete(self) -> None:
-        if self.authenticate() is not None:
-            self.outpost.faults.clear()
-            self._answer()
-
-
-class _NotFoundHandler(_Handler):
-    def prepare(self) -> None:
-        super().prepare()
-        self.send_json(404, {"error": "not found"})
-
-
-def _log_request(handler: web.RequestHandler) -> None:
-    log.debug(
-        "outpost: %s %s %s %.1fms",
-        handler.get_status(),
-        handler.request.method,
-        handler.request.path,
-        1000 * handler.request.request_time(),
-    )
 
 
 class ReferenceOutpost:
@@ -566,7 +162,7 @@ class ReferenceOutpost:
     @property
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:8090``."""
-        return f"http://{_host_port(self.host, self.port)}"
+        return f"http://{host_port(self.host, self.port)}"
 
     @property
     def services_url(self) -> str:
@@ -604,16 +200,16 @@ class ReferenceOutpost:
         args = {"outpost": self}
         app = web.Application(
             [
-                (r"/ping/?", _PingHandler, args),
-                (r"/flavors/?", _FlavorsHandler, args),
-                (r"/userflavors/?", _FlavorsHandler, args),
-                (r"/services/?", _ServicesHandler, args),
-                (r"/services/([^/]+)/([^/]+)/?", _ServiceHandler, args),
-                (r"/_faults/?", _FaultsHandler, args),
+                (r"/ping/?", PingHandler, args),
+                (r"/flavors/?", FlavorsHandler, args),
+                (r"/userflavors/?", FlavorsHandler, args),
+                (r"/services/?", ServicesHandler, args),
+                (r"/services/([^/]+)/([^/]+)/?", ServiceHandler, args),
+                (r"/_faults/?", FaultsHandler, args),
             ],
-            default_handler_class=_NotFoundHandler,
+            default_handler_class=NotFoundHandler,
             default_handler_args=args,
-            log_function=_log_request,
+            log_function=log_request,
         )
         self._app = app
         self._listen()
@@ -711,7 +307,7 @@ class ReferenceOutpost:
         url = child.get("JUPYTERHUB_SERVICE_URL")
         path = urlsplit(url).path if url else child.get("JUPYTERHUB_SERVICE_PREFIX", "/")
         child["JUPYTERHUB_SERVICE_URL"] = (
-            f"http://{_host_port(self.service_host, port)}{path or '/'}"
+            f"http://{host_port(self.service_host, port)}{path or '/'}"
         )
         return child
 
