@@ -4,9 +4,9 @@ JupyterHub gives every running server a ``PeriodicCallback`` of its own. With
 hundreds of servers the Hub wakes up for every poll separately, and each poll's
 request goes out alone. A :class:`PollScheduler` per event loop instead wakes up
 at most once per ``tick`` (at multiples of it) and starts the polls of all
-servers that have fallen due since, so
-their requests go out together and the shared HTTP client handles them in one
-pass. Each server keeps its own interval and jitter, as with JupyterHub.
+servers that have fallen due since, so their requests go out together and the
+shared HTTP client handles them in one pass. Each server keeps its own interval
+and jitter, as with JupyterHub.
 """
 
 from __future__ import annotations
