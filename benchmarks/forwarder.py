@@ -266,6 +266,17 @@ def listening_ports() -> set[int]:
     return ports
 
 
+async def communicate(proc: asyncio.subprocess.Process, timeout: float) -> tuple[bytes, bytes]:
+    """``proc.communicate()`` within ``timeout``; the process is killed if that fails."""
+    try:
+        return await asyncio.wait_for(proc.communicate(), timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await asyncio.wait_for(proc.wait(), 5)
+        raise
+
+
 async def command_output(*cmd: str, timeout: float = 10) -> tuple[str, str]:
     """stdout and stderr of a short command."""
     proc = await asyncio.create_subprocess_exec(
@@ -274,13 +285,7 @@ async def command_output(*cmd: str, timeout: float = 10) -> tuple[str, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await asyncio.wait_for(proc.wait(), 5)
-        raise
+    out, err = await communicate(proc, timeout)
     return out.decode(errors="replace"), err.decode(errors="replace")
 
 
@@ -391,13 +396,7 @@ async def run_script(script: str, *args, timeout: float) -> str:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
     )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await asyncio.wait_for(proc.wait(), 5)
-        raise
+    out, _ = await communicate(proc, timeout)
     if proc.returncode:
         raise RuntimeError(f"helper exited with {proc.returncode}")
     return out.decode()
@@ -608,13 +607,7 @@ class OpenSSHPath:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
-        try:
-            _, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await asyncio.wait_for(proc.wait(), 5)
-            raise
+        _, err = await communicate(proc, timeout)
         if proc.returncode:
             raise RuntimeError(f"ssh {args[:3]} failed: {err.decode(errors='replace')}")
         return err.decode(errors="replace")

@@ -402,14 +402,19 @@ class ForwardBaseSpawner(
         return None
 
     async def _cleanup_failed_start(self) -> None:
-        """Remove everything a failed or cancelled start created; survives a
-        second cancellation."""
+        """Remove everything a failed or cancelled start created."""
+        await self._run_cleanup(failed_start=True)
+
+    async def _run_cleanup(self, *, failed_start: bool) -> None:
+        """Tear down once (a concurrent :meth:`stop` waits for the same task);
+        survives a second cancellation."""
         if self._cleanup_task is None:
-            self._cleanup_task = asyncio.ensure_future(self._teardown(failed_start=True))
+            self._cleanup_task = asyncio.ensure_future(self._teardown(failed_start=failed_start))
         try:
             await asyncio.shield(self._cleanup_task)
         except Exception:
-            self.log.exception("%s: cleanup after a failed start failed", self._log_name)
+            what = "the failed start" if failed_start else "the stopped server"
+            self.log.exception("%s: cleanup of %s failed", self._log_name, what)
 
     async def poll(self):
         if self._cleaned or not self.start_id:
@@ -445,11 +450,7 @@ class ForwardBaseSpawner(
             self._log_name,
             status,
         )
-        self._cleanup_task = asyncio.ensure_future(self._teardown(failed_start=False))
-        try:
-            await asyncio.shield(self._cleanup_task)
-        except Exception:
-            self.log.exception("%s: cleanup of the stopped server failed", self._log_name)
+        await self._run_cleanup(failed_start=False)
 
     async def stop(self, now=False):
         if self._cleanup_task is not None:

@@ -9,7 +9,7 @@ from outpostspawner.testing.dummy_server import make_app
 
 
 async def test_poll_request_follows_a_new_start(reference_outpost, outpost_spawner_factory):
-    spawner = outpost_spawner_factory(poll_batch_window=0)
+    spawner = outpost_spawner_factory()
     await spawner.start()
     first_id = spawner.start_id
     assert await spawner.poll() is None

@@ -30,6 +30,8 @@ import pytest_asyncio
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from outpostspawner.testing import ReferenceOutpost
+from outpostspawner.testing.fake_k8s import FakeKubernetes
+from outpostspawner.testing.sshd import TestSSHD
 
 BIN = Path(sys.executable).parent
 JUPYTERHUB = BIN / "jupyterhub"
@@ -38,6 +40,8 @@ OUTPOST_CREDENTIALS = ("hub", secrets.token_hex(16))
 #: the single-user command the Outpost runs (jupyter-server refuses root without the flag)
 SINGLEUSER_COMMAND = [str(SINGLEUSER), *(["--allow-root"] if os.geteuid() == 0 else [])]
 HUB_READY_TIMEOUT = 30
+#: the Kubernetes namespace of the Hub and the servers' Services in the fake API
+NAMESPACE = "e2e"
 HUB_STOP_TIMEOUT = 20
 
 HUB_CONFIG = """\
@@ -409,21 +413,7 @@ async def start_hub(tmp: Path, outpost: ReferenceOutpost, *, extra_config: str =
     }
     config = await asyncio.to_thread(_write_config, tmp, settings, extra_config)
     log_path = tmp / "jupyterhub.log"
-    logf = await asyncio.to_thread(open, log_path, "wb")
-    try:
-        process = await asyncio.create_subprocess_exec(
-            str(JUPYTERHUB),
-            "-f",
-            str(config),
-            "--debug",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=logf,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=str(tmp),
-            start_new_session=True,
-        )
-    finally:
-        logf.close()
+    process = await _launch_hub(config, log_path)
     hub = HubProcess(
         url=f"http://127.0.0.1:{proxy_port}",
         hub_url=f"http://127.0.0.1:{hub_port}",
@@ -437,10 +427,38 @@ async def start_hub(tmp: Path, outpost: ReferenceOutpost, *, extra_config: str =
         log_path=log_path,
     )
 
+    await _wait_until_up(hub, HUB_READY_TIMEOUT)
+    return hub
+
+
+async def _launch_hub(config: Path, log_path: Path) -> asyncio.subprocess.Process:
+    """Start ``jupyterhub -f config`` in the config's directory, logging to ``log_path``."""
+    logf = await asyncio.to_thread(open, log_path, "wb")
+    try:
+        return await asyncio.create_subprocess_exec(
+            str(JUPYTERHUB),
+            "-f",
+            str(config),
+            "--debug",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=logf,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=str(config.parent),
+            start_new_session=True,
+        )
+    finally:
+        logf.close()
+
+
+async def _wait_until_up(hub: HubProcess, timeout: float) -> None:
+    """Wait until the Hub answers, itself first (the proxy would log every refused
+    connection), then through the proxy; stops it and fails the test if not."""
+    process = hub.process
+
     async def up(url: str) -> bool:
         if process.returncode is not None:
             pytest.fail(
-                f"jupyterhub exited with {process.returncode} during start-up:\n{hub.log_tail()}",
+                f"jupyterhub exited with {process.returncode} while starting:\n{hub.log_tail()}",
                 pytrace=False,
             )
         try:
@@ -450,20 +468,17 @@ async def start_hub(tmp: Path, outpost: ReferenceOutpost, *, extra_config: str =
         return resp.code == 200
 
     try:
-        # the Hub itself first (the proxy would log every refused connection), then
-        # through the proxy
         for url in (f"{hub.hub_url}/hub/api/", f"{hub.url}/hub/api/"):
             await wait_for(
                 lambda url=url: up(url),
-                timeout=HUB_READY_TIMEOUT,
+                timeout=timeout,
                 interval=0.3,
                 message=lambda url=url: f"jupyterhub to answer at {url}\n{hub.log_tail()}",
             )
-        hub.proxy_pid = await asyncio.to_thread(_read_pid, tmp / "proxy.pid")
+        hub.proxy_pid = await asyncio.to_thread(_read_pid, hub.log_path.parent / "proxy.pid")
     except BaseException:
         await stop_hub(hub)
         raise
-    return hub
 
 
 async def stop_hub(hub: HubProcess) -> None:
@@ -510,6 +525,22 @@ async def hub(outpost, tmp_path_factory):
         await stop_hub(hub)
 
 
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def ssh_node(tmp_path_factory):
+    """An OpenSSH server on a free loopback port: the "Outpost's" SSH node."""
+    async with TestSSHD(tmp_path_factory.mktemp("sshd")) as sshd:
+        yield sshd
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def k8s():
+    """The fake Kubernetes API, with the Hub's own Service (whose selector the
+    servers' Services copy)."""
+    async with FakeKubernetes() as api:
+        api.add_hub_service(NAMESPACE, {"component": "hub", "release": "e2e"})
+        yield api
+
+
 @pytest.fixture
 def outpost_settings(outpost):
     """Restores the Outpost's start delay and faults after a test."""
@@ -536,21 +567,7 @@ async def restart_hub(hub: HubProcess) -> HubProcess:
     while (tmp / f"jupyterhub-{n}.log").exists():
         n += 1
     log_path = tmp / f"jupyterhub-{n}.log"
-    logf = await asyncio.to_thread(open, log_path, "wb")
-    try:
-        process = await asyncio.create_subprocess_exec(
-            str(JUPYTERHUB),
-            "-f",
-            str(config),
-            "--debug",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=logf,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=str(tmp),
-            start_new_session=True,
-        )
-    finally:
-        logf.close()
+    process = await _launch_hub(config, log_path)
     new = dataclasses.replace(
         hub,
         process=process,
@@ -558,30 +575,5 @@ async def restart_hub(hub: HubProcess) -> HubProcess:
         proxy_pid=None,
         http=AsyncHTTPClient(force_instance=True),
     )
-
-    async def up(url: str) -> bool:
-        if process.returncode is not None:
-            pytest.fail(
-                f"jupyterhub exited with {process.returncode} during its restart:\n"
-                f"{new.log_tail()}",
-                pytrace=False,
-            )
-        try:
-            resp = await new.fetch(url, timeout=5)
-        except ConnectionError:
-            return False
-        return resp.code == 200
-
-    try:
-        for url in (f"{new.hub_url}/hub/api/", f"{new.url}/hub/api/"):
-            await wait_for(
-                lambda url=url: up(url),
-                timeout=HUB_READY_TIMEOUT + 30,
-                interval=0.3,
-                message=lambda url=url: f"the restarted jupyterhub at {url}\n{new.log_tail()}",
-            )
-        new.proxy_pid = await asyncio.to_thread(_read_pid, tmp / "proxy.pid")
-    except BaseException:
-        await stop_hub(new)
-        raise
+    await _wait_until_up(new, HUB_READY_TIMEOUT + 30)
     return new

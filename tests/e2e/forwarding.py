@@ -35,9 +35,8 @@ from outpostspawner.forwarder.client import ForwarderClient
 from outpostspawner.testing.fake_k8s import FakeKubernetes
 from outpostspawner.testing.sshd import TestSSHD
 
-from .conftest import HubProcess, wait_for
+from .conftest import NAMESPACE, HubProcess, wait_for
 
-NAMESPACE = "e2e"
 #: the request bodies of the three modes
 MODE_BODIES = {
     "direct": {},

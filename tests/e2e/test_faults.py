@@ -21,7 +21,6 @@ import pytest
 import pytest_asyncio
 
 from outpostspawner.testing import Fault, ReferenceOutpost
-from outpostspawner.testing.sshd import TestSSHD
 
 from .conftest import HubProcess, process_gone, start_hub, stop_hub, wait_for
 
@@ -47,13 +46,6 @@ c.OutpostSpawner.ssh_forwarder_reconnect_delay = 0.5
 c.OutpostSpawner.ssh_forwarder_reconnect_max_delay = 2
 c.OutpostSpawner.custom_poll_interval = {poll_ms!r}
 """
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def ssh_node(tmp_path_factory):
-    """An OpenSSH server on a free loopback port, the SSH node of the forwards."""
-    async with TestSSHD(tmp_path_factory.mktemp("sshd")) as sshd:
-        yield sshd
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

@@ -22,12 +22,8 @@ import signal
 import pytest
 import pytest_asyncio
 
-from outpostspawner.testing.fake_k8s import FakeKubernetes
-from outpostspawner.testing.sshd import TestSSHD
-
 from .conftest import process_gone, start_hub, stop_hub, wait_for
 from .forwarding import (
-    NAMESPACE,
     hub_forwards,
     mode_body,
     modes_config,
@@ -39,26 +35,6 @@ from .forwarding import (
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def ssh_node(tmp_path_factory):
-    """An OpenSSH server on a free loopback port: the "Outpost's" SSH node."""
-    server = TestSSHD(tmp_path_factory.mktemp("sshd"))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def k8s():
-    """The fake Kubernetes API, with the Hub's own Service (whose selector the
-    servers' Services copy)."""
-    async with FakeKubernetes() as api:
-        api.add_hub_service(NAMESPACE, {"component": "hub", "release": "e2e"})
-        yield api
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

@@ -24,12 +24,8 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
-from outpostspawner.testing.fake_k8s import FakeKubernetes
-from outpostspawner.testing.sshd import TestSSHD
-
 from .conftest import process_gone, restart_hub, start_hub, stop_hub, wait_for
 from .forwarding import (
-    NAMESPACE,
     find_forwarder,
     hub_forwards,
     mode_body,
@@ -83,23 +79,6 @@ class Server:
 
     def __str__(self) -> str:
         return f"{self.user}/{self.name} ({self.mode})"
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def ssh_node(tmp_path_factory):
-    server = TestSSHD(tmp_path_factory.mktemp("sshd"))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def k8s():
-    async with FakeKubernetes() as api:
-        api.add_hub_service(NAMESPACE, {"component": "hub", "release": "e2e"})
-        yield api
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
