@@ -1,0 +1,273 @@
+"""The job model, the remote runner and its command: real papermill, real notebooks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from outpostspawner.jobs.model import (
+    MAX_OUTPUT_TAIL,
+    JobRequestError,
+    deep_merge,
+    is_job_name,
+    new_job_name,
+    parse_job_request,
+    parse_notebook_result,
+    results_from_logs,
+)
+from outpostspawner.jobs.script import JOB_CMD, job_command, job_spec
+
+
+def test_job_names_are_valid_server_names_on_jupyterhub_5_and_6():
+    try:
+        from jupyterhub.slugs import is_valid_safe_slug  # JupyterHub 6
+    except ImportError:  # 5.x accepts any name without '/'
+        is_valid_safe_slug = None
+    names = {new_job_name() for _ in range(500)}
+    assert len(names) == 500
+    for name in names:
+        assert is_job_name(name)
+        assert 1 <= len(name) <= 30 and name[0].isalpha() and "--" not in name
+        assert "/" not in name
+        if is_valid_safe_slug is not None:
+            assert is_valid_safe_slug(name), name
+    assert not is_job_name("job-x") and not is_job_name("0" * 32)
+
+
+def test_deep_merge_fills_in_and_copies():
+    defaults = {"option": "nb", "resources": {"cpus": 1, "mem": "1G"}, "x": [1]}
+    given = {"resources": {"cpus": 4}, "system": "hpc"}
+    merged = deep_merge(defaults, given)
+    assert merged == {
+        "option": "nb",
+        "resources": {"cpus": 4, "mem": "1G"},
+        "system": "hpc",
+        "x": [1],
+    }
+    merged["x"].append(2)
+    merged["resources"]["mem"] = "2G"
+    assert defaults == {"option": "nb", "resources": {"cpus": 1, "mem": "1G"}, "x": [1]}
+    assert given == {"resources": {"cpus": 4}, "system": "hpc"}
+
+
+def test_request_as_the_existing_api_takes_it():
+    req = parse_job_request(
+        {"user_options": {"option": "JupyterLab", "system": "hpc"}, "notebook_dirs": ["a", "a/"]},
+        {"system": "default", "partition": "batch"},
+    )
+    assert req.user_options == {
+        "option": "JupyterLab",
+        "profile": "JupyterLab",
+        "system": "hpc",
+        "partition": "batch",
+    }
+    assert req.notebook_dirs == ["a"]  # each once
+    assert req.notebooks == [] and req.parameters == {} and req.user is None
+    # option from the configured defaults is enough
+    assert parse_job_request({}, {"option": "x"}).user_options["profile"] == "x"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"user_options": {}}, "Missing 'option' in user_options"),
+        ([], "must be a JSON object"),
+        ({"user_options": {"option": "x"}, "notebook_dir": ["a"]}, "unknown fields"),
+        ({"user_options": "x"}, "'user_options' must be an object"),
+        ({"user_options": {"option": 3}}, "non-empty string"),
+        ({"user_options": {"option": "x"}, "notebook_dirs": "a"}, "list of paths"),
+        ({"user_options": {"option": "x"}, "notebook_dirs": [1]}, "non-empty string"),
+        ({"user_options": {"option": "x"}, "notebook_dirs": ["a\nb"]}, "invalid path"),
+        (
+            {
+                "user_options": {"option": "x"},
+                "notebook_dirs": ["a"] * 0 + ["x"] * 1,
+                "notebooks": [],
+            },
+            "not both",
+        ),
+        ({"user_options": {"option": "x"}, "notebooks": []}, "at least one"),
+        ({"user_options": {"option": "x"}, "notebooks": ["a.py"]}, "end with .ipynb"),
+        ({"user_options": {"option": "x"}, "parameters": []}, "must be an object"),
+        ({"user_options": {"option": "x"}, "parameters": {"a b": 1}}, "identifiers"),
+        ({"user_options": {"option": "x"}, "parameters": {"a": {"b": 1}}}, "string, number"),
+        ({"user_options": {"option": "x"}, "parameters": {"a": float("nan")}}, "finite"),
+        ({"user_options": {"option": "x"}, "user": ""}, "user name"),
+    ],
+)
+def test_bad_requests_are_refused_with_a_message(body, message):
+    with pytest.raises(JobRequestError, match=message):
+        parse_job_request(body)
+
+
+@pytest.mark.parametrize("path", ["/etc", "..", "../other", "a/../../b"])
+def test_paths_may_be_confined_to_the_home(path):
+    body = {"user_options": {"option": "x"}, "notebook_dirs": [path]}
+    with pytest.raises(JobRequestError, match="leaves the home"):
+        parse_job_request(body, confine_to_home=True)
+    parse_job_request(body)  # allowed when not configured
+
+
+def test_results_from_logs_and_a_failed_notebook_fails_the_job():
+    report = {
+        "exitCode": 0,  # the existing runner said 0 although a notebook failed
+        "results": [
+            {"notebook": "a.ipynb", "exitCode": 0, "stdout": "ok"},
+            {"notebook": "b.ipynb", "exitCode": 1, "stdout": "x\n" * 200},
+        ],
+    }
+    lines = ["noise", "Papermill Job started", json.dumps(report), "Papermill Job completed"]
+    block, outcome = results_from_logs(lines)
+    assert block == [json.dumps(report)]
+    assert outcome["exit_code"] == 1
+    assert [r["exit_code"] for r in outcome["results"]] == [0, 1]
+    assert len(outcome["results"][1]["output"].splitlines()) == 50
+
+    assert results_from_logs(["Papermill Job started", "running"]) == (
+        ["Papermill Job started", "running"],
+        None,
+    )
+    for garbage in ("{", "[]", '{"results": [1]}', '{"results": [{"notebook": "a"}]}'):
+        _, outcome = results_from_logs(
+            ["Papermill Job started", garbage, "Papermill Job completed"]
+        )
+        assert outcome is None, garbage
+
+
+def test_notebook_results_are_bounded():
+    result = parse_notebook_result(
+        {"notebook": "a.ipynb", "exit_code": 1, "output": "y" * 10**6, "error_name": "E" * 10**5}
+    )
+    assert len(result["output"]) <= MAX_OUTPUT_TAIL and len(result["error_name"]) == 2048
+    for bad in ({"notebook": "a", "exit_code": True}, {"notebook": "", "exit_code": 0}, 3):
+        with pytest.raises(ValueError):
+            parse_notebook_result(bad)
+
+
+# --- the runner, through the command the remote spawner runs ---------------------
+
+
+def _notebook(path: Path, *sources: str, parameters: str | None = None) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    if parameters is not None:
+        cell = nbformat.v4.new_code_cell(parameters)
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells.append(cell)
+    nb.cells += [nbformat.v4.new_code_cell(s) for s in sources]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+
+
+class _Results(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802
+        length = int(self.headers["Content-Length"])
+        type(self).received.append(
+            (self.headers["Authorization"], json.loads(self.rfile.read(length)))
+        )
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def results_server():
+    _Results.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Results)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/results", _Results.received
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def _run(
+    home: Path,
+    request_body: dict,
+    *,
+    path: str = "/usr/bin:/bin",
+    python: str = sys.executable,
+    env: dict | None = None,
+    install: bool = False,
+):
+    req = parse_job_request(request_body, confine_to_home=True)
+    spec = job_spec(req, "job-test", install_papermill=install, server_command=[])
+    cmd, args = job_command(spec, python=python)
+    assert cmd == JOB_CMD and len(args) == 1
+    child = {"HOME": str(home), "PATH": path, "LANG": "C.UTF-8", **(env or {})}
+    proc = subprocess.run(
+        [*cmd, *args], env=child, cwd=str(home), capture_output=True, text=True, timeout=300
+    )
+    return proc, results_from_logs(proc.stdout.splitlines())
+
+
+@pytest.mark.slow
+def test_runner_runs_notebooks_with_papermill(tmp_path, results_server):
+    url, received = results_server
+    home = tmp_path / "home"
+    _notebook(home / "work" / "ok.ipynb", "print('hello from ok')")
+    _notebook(home / "work" / "fails.ipynb", "raise ValueError('cell <b>broke</b>')")
+    _notebook(home / "work" / "sub" / "param.ipynb", "print('n is', n * 2)", parameters="n = 1")
+    _notebook(home / "work" / ".ipynb_checkpoints" / "ok-checkpoint.ipynb", "raise SystemExit(3)")
+    _notebook(home / ".local" / "hidden.ipynb", "raise SystemExit(3)")
+    hostile = "$(touch PWNED); `touch PWNED2`'\".ipynb"
+    _notebook(home / "work" / hostile, "print('hostile name ran')")
+    proc, (block, outcome) = _run(
+        home,
+        {
+            "user_options": {"option": "x"},
+            "notebook_dirs": ["work", "work/sub"],
+            "parameters": {"n": 21},
+        },
+        env={"JUPYTERHUB_JOB_RESULTS_URL": url, "JUPYTERHUB_API_TOKEN": "server-token"},
+    )
+    assert outcome is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 1 and outcome["exit_code"] == 1
+    by_name = {r["notebook"]: r for r in outcome["results"]}
+    assert sorted(by_name) == sorted(
+        ["work/ok.ipynb", "work/fails.ipynb", "work/sub/param.ipynb", f"work/{hostile}"]
+    )
+    assert by_name["work/ok.ipynb"]["exit_code"] == 0
+    assert by_name["work/fails.ipynb"]["exit_code"] != 0
+    assert by_name["work/fails.ipynb"]["error_name"] == "ValueError"
+    assert by_name["work/fails.ipynb"]["error_message"] == "cell <b>broke</b>"
+    assert by_name[f"work/{hostile}"]["exit_code"] == 0
+    assert not list(tmp_path.rglob("PWNED*"))
+    # the executed notebooks are kept, with the parameter injected
+    out = home / ".outpostspawner-jobs" / "job-test" / "work__sub__param.ipynb"
+    executed = nbformat.read(str(out), as_version=4)
+    assert any("n is 42" in o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    # each result was reported to the Hub with the server's token too
+    assert sorted(r["notebook"] for _, r in received) == sorted(by_name)
+    assert {auth for auth, _ in received} == {"token server-token"}
+
+
+def test_runner_without_papermill_names_it(tmp_path):
+    home = tmp_path / "home"
+    _notebook(home / "a.ipynb", "print(1)")
+    # the same interpreter without site-packages: no papermill module, none on PATH
+    bare = tmp_path / "python-bare"
+    bare.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    bare.chmod(0o755)
+    proc, (_, outcome) = _run(home, {"user_options": {"option": "x"}}, python=str(bare))
+    assert outcome is not None, proc.stdout + proc.stderr
+    (result,) = outcome["results"]
+    assert result["error_name"] == "PapermillNotFound"
+    assert "papermill is not installed" in result["error_message"]
+    assert outcome["exit_code"] == 1 and proc.returncode == 1
