@@ -628,3 +628,25 @@ async def test_cli_runs_and_cleans_up(http):
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_misc_command_override(http):
+    """``misc.cmd``/``args`` replace the command only where ``allow_override`` allows."""
+    body = start_body()
+    body["misc"] = {"cmd": ["/bin/bash", "-lc"], "args": ["echo 'from misc'; sleep 30"]}
+    async with ReferenceOutpost(allow_override=["cmd", "args"]) as o:
+        assert (await call(http, o, "POST", "/services", body))[0] == 200
+
+        async def logged():
+            _, data = await call(http, o, "GET", "/services/srv/abc123?collect_logs=true")
+            return "from misc" in data["logs"]
+
+        await wait_until(logged)
+        body["misc"] = {"cmd": "bash -c x"}
+        code, data = await call(http, o, "POST", "/services", body)
+        assert code == 419 and "misc.cmd must be a list of strings" in data["args"][0]
+    async with ReferenceOutpost() as o:  # not allowed: the configured command runs
+        body["misc"] = {"cmd": ["/bin/false"]}
+        assert (await call(http, o, "POST", "/services", body))[0] == 200
+        cmdline = psutil.Process(o.get_service("srv").pid).cmdline()
+        assert any(part.endswith("dummy_server.py") for part in cmdline), cmdline

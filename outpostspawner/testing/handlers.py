@@ -247,6 +247,11 @@ class ServicesHandler(Handler):
         if self.outpost._stopping.is_set():
             self.send_json(503, {"error": "the outpost is stopping"})
             return
+        try:
+            self.outpost.command_for(body)
+        except ValueError as e:
+            self.send_json(419, spawner_error(str(e), cls="ValueError"))
+            return
         record = await self.outpost._start_service(hub, body, crash=self.crash)
         if self.is_async:
             record.async_start = True

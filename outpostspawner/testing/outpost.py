@@ -111,6 +111,11 @@ class ReferenceOutpost:
     :param service_host: host reported in the ``service`` answer and bound by services.
     :param log_file_dir: directory for per-service work dirs and log files; a temporary
         directory (removed on stop) if not given.
+    :param allow_override: keys of the start body's ``misc`` that override the
+        remote spawner's settings, as the JupyterHub Outpost's ``allow_override``
+        does. This Outpost honours ``cmd`` and ``args`` (the service's command is
+        then ``misc.cmd + misc.args``, as a remote ``LocalProcessSpawner`` runs it);
+        other keys are accepted and ignored. Default: none.
     :param report_address: after an async start, POST ``{"service": "host:port"}`` to the
         service's ``JUPYTERHUB_SETUPTUNNEL_URL`` with its ``JUPYTERHUB_API_TOKEN``, as the
         JupyterHub Outpost does.
@@ -128,6 +133,7 @@ class ReferenceOutpost:
         service_host: str = "127.0.0.1",
         log_file_dir: str | None = None,
         report_address: bool = True,
+        allow_override: tuple[str, ...] | list[str] = (),
     ) -> None:
         if backend not in ("process", "inprocess"):
             raise ValueError(f"backend must be 'process' or 'inprocess', not {backend!r}")
@@ -142,6 +148,7 @@ class ReferenceOutpost:
         self.service_host = service_host
         self.log_file_dir = log_file_dir
         self.report_address = report_address
+        self.allow_override = frozenset(allow_override)
         #: seconds between SIGTERM and SIGKILL when stopping a service
         self.stop_timeout = 5.0
         #: upper bound for a "hang" fault
@@ -344,6 +351,25 @@ class ReferenceOutpost:
         log.info("outpost: starting service %s of hub %s on %s", record.name, hub, record.address)
         return record
 
+    def command_for(self, body: dict[str, Any]) -> list[str]:
+        """The command of a service: ``misc.cmd + misc.args`` where ``allow_override``
+        allows them, else :attr:`command`.
+
+        :raises ValueError: if an allowed override is not a list of strings
+        """
+        misc = body.get("misc") or {}
+        parts = {"cmd": list(self.command), "args": []}
+        for key in parts:
+            if key not in misc or key not in self.allow_override:
+                continue
+            value = misc[key]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"misc.{key} must be a list of strings")
+            parts[key] = list(value)
+        if not parts["cmd"]:
+            raise ValueError("misc.cmd must not be empty")
+        return parts["cmd"] + parts["args"]
+
     async def _run_start(self, record: ServiceRecord, crash: bool) -> None:
         """Launch (process backend) and wait ``start_delay``, watching for an early exit."""
         proc = None
@@ -408,7 +434,7 @@ class ReferenceOutpost:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{record.hub}-{record.name}")
         workdir = os.path.join(self._workdir or tempfile.gettempdir(), f"{self._seq:04d}-{safe}")
         record.log_path = os.path.join(workdir, "service.log")
-        command = _CRASH_COMMAND if crash else self.command
+        command = _CRASH_COMMAND if crash else self.command_for(record.body)
         try:
             logf, cmd = await asyncio.to_thread(
                 _prepare_launch, workdir, record.log_path, command, record.env.get("PATH")
