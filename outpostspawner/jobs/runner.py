@@ -25,7 +25,6 @@ import urllib.request
 
 SKIP_DIRS = {".ipynb_checkpoints", ".local"}
 OUTPUT_TAIL = 8192
-NOTEBOOK_TIMEOUT = None  # the Hub's job_timeout bounds the whole job
 
 
 def find_notebooks(spec, home):
