@@ -86,11 +86,7 @@ def test_request_as_the_existing_api_takes_it():
         ({"user_options": {"option": "x"}, "notebook_dirs": [1]}, "non-empty string"),
         ({"user_options": {"option": "x"}, "notebook_dirs": ["a\nb"]}, "invalid path"),
         (
-            {
-                "user_options": {"option": "x"},
-                "notebook_dirs": ["a"] * 0 + ["x"] * 1,
-                "notebooks": [],
-            },
+            {"user_options": {"option": "x"}, "notebook_dirs": ["x"], "notebooks": ["a.ipynb"]},
             "not both",
         ),
         ({"user_options": {"option": "x"}, "notebooks": []}, "at least one"),
