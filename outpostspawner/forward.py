@@ -65,6 +65,9 @@ class ForwardBaseSpawner(
         self._tunnel_requested = False
         self._restored = False  # state loaded from the database, not yet polled
         self._poll_interval_ms: float = 0
+        #: data of extensions (e.g. the job API) kept in the state across stops;
+        #: gone only with the server itself
+        self.extra_state: dict = {}
 
     # --- names ---------------------------------------------------------------
 
@@ -119,6 +122,8 @@ class ForwardBaseSpawner(
 
     def get_state(self) -> dict:
         state = super().get_state()
+        if self.extra_state:
+            state["extra_state"] = self.extra_state
         if self.start_id:
             state["start_id"] = self.start_id
             state["port"] = self.port
@@ -130,6 +135,8 @@ class ForwardBaseSpawner(
 
     def load_state(self, state: dict) -> None:
         super().load_state(state)
+        extra = state.get("extra_state")
+        self.extra_state = dict(extra) if isinstance(extra, dict) else {}
         if not state.get("start_id"):
             return
         self.start_id = str(state["start_id"])

@@ -23,6 +23,7 @@ from outpostspawner.jobs.model import (
     results_from_logs,
 )
 from outpostspawner.jobs.script import JOB_CMD, job_command, job_spec
+from outpostspawner.testing.notebooks import write_notebook
 
 
 def test_job_names_are_valid_server_names_on_jupyterhub_5_and_6():
@@ -150,22 +151,6 @@ def test_notebook_results_are_bounded():
 # --- the runner, through the command the remote spawner runs ---------------------
 
 
-def _notebook(path: Path, *sources: str, parameters: str | None = None) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    if parameters is not None:
-        cell = nbformat.v4.new_code_cell(parameters)
-        cell.metadata["tags"] = ["parameters"]
-        nb.cells.append(cell)
-    nb.cells += [nbformat.v4.new_code_cell(s) for s in sources]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, str(path))
-
-
 class _Results(BaseHTTPRequestHandler):
     received: list = []
 
@@ -217,13 +202,17 @@ def _run(
 def test_runner_runs_notebooks_with_papermill(tmp_path, results_server):
     url, received = results_server
     home = tmp_path / "home"
-    _notebook(home / "work" / "ok.ipynb", "print('hello from ok')")
-    _notebook(home / "work" / "fails.ipynb", "raise ValueError('cell <b>broke</b>')")
-    _notebook(home / "work" / "sub" / "param.ipynb", "print('n is', n * 2)", parameters="n = 1")
-    _notebook(home / "work" / ".ipynb_checkpoints" / "ok-checkpoint.ipynb", "raise SystemExit(3)")
-    _notebook(home / ".local" / "hidden.ipynb", "raise SystemExit(3)")
+    write_notebook(home / "work" / "ok.ipynb", "print('hello from ok')")
+    write_notebook(home / "work" / "fails.ipynb", "raise ValueError('cell <b>broke</b>')")
+    write_notebook(
+        home / "work" / "sub" / "param.ipynb", "print('n is', n * 2)", parameters="n = 1"
+    )
+    write_notebook(
+        home / "work" / ".ipynb_checkpoints" / "ok-checkpoint.ipynb", "raise SystemExit(3)"
+    )
+    write_notebook(home / ".local" / "hidden.ipynb", "raise SystemExit(3)")
     hostile = "$(touch PWNED); `touch PWNED2`'\".ipynb"
-    _notebook(home / "work" / hostile, "print('hostile name ran')")
+    write_notebook(home / "work" / hostile, "print('hostile name ran')")
     proc, (block, outcome) = _run(
         home,
         {
@@ -250,13 +239,15 @@ def test_runner_runs_notebooks_with_papermill(tmp_path, results_server):
     executed = nbformat.read(str(out), as_version=4)
     assert any("n is 42" in o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
     # each result was reported to the Hub with the server's token too
-    assert sorted(r["notebook"] for _, r in received) == sorted(by_name)
+    *reports, last = received
+    assert sorted(r["notebook"] for _, r in reports) == sorted(by_name)
+    assert last[1] == {"finished": True, "exit_code": 1}
     assert {auth for auth, _ in received} == {"token server-token"}
 
 
 def test_runner_without_papermill_names_it(tmp_path):
     home = tmp_path / "home"
-    _notebook(home / "a.ipynb", "print(1)")
+    write_notebook(home / "a.ipynb", "print(1)")
     # the same interpreter without site-packages: no papermill module, none on PATH
     bare = tmp_path / "python-bare"
     bare.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')

@@ -6,6 +6,7 @@ imported); :mod:`outpostspawner` imports it.
 
 from jupyterhub import apihandlers
 
+from ..jobs.handler import handlers as job_handlers
 from .events import EventsAPIHandler
 from .flavors import FlavorsAPIHandler, UserFlavorsAPIHandler
 from .servers import RecreateForwardAPIHandler, ServerListAPIHandler
@@ -24,6 +25,7 @@ handlers += [
     (r"/api/recreateforward/([^/]+)/?", RecreateForwardAPIHandler),
     (r"/api/outpostflavors/([^/]+)/?", FlavorsAPIHandler),
     (r"/api/outpostflavors/?", UserFlavorsAPIHandler),
+    *job_handlers,
 ]
 
 

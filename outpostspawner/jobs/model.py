@@ -126,6 +126,18 @@ class JobRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     user: str | None = None
 
+    def as_dict(self, with_user: bool = True) -> dict:
+        """The request as JSON data (what ``prepare_job`` gets, what is stored)."""
+        data = {
+            "user_options": copy.deepcopy(self.user_options),
+            "notebook_dirs": list(self.notebook_dirs),
+            "notebooks": list(self.notebooks),
+            "parameters": dict(self.parameters),
+        }
+        if with_user:
+            data["user"] = self.user
+        return data
+
     def spec(self) -> dict:
         """What the remote runner needs (:mod:`outpostspawner.jobs.runner`)."""
         return {
@@ -261,3 +273,52 @@ def results_from_logs(lines: list[str]) -> tuple[list[str], dict | None]:
     if "exitCode" in report and report["exitCode"] != 0:
         code = 1
     return block, {"exit_code": code, "results": results}
+
+
+@dataclass
+class ResultReport:
+    """One report of the remote job to ``.../results``: a notebook's result (with
+    its executed notebook, or only that notebook's size when it was too large),
+    or the end of the job (``finished``)."""
+
+    result: dict | None = None
+    executed_notebook: str | None = None
+    executed_notebook_size: int | None = None
+    finished: bool = False
+    exit_code: int | None = None
+
+
+def parse_result_report(body: Any, max_notebook_bytes: int) -> ResultReport:
+    """Validate a report of the remote job.
+
+    :raises ResultError: with a message for the caller
+    """
+    if not isinstance(body, dict):
+        raise ResultError("the report must be a JSON object")
+    if body.get("finished") is True:
+        if set(body) - {"finished", "exit_code"}:
+            raise ResultError("a 'finished' report has only 'finished' and 'exit_code'")
+        return ResultReport(finished=True, exit_code=_int(body.get("exit_code"), "exit_code"))
+    notebook = body.get("executed_notebook")
+    size = body.get("executed_notebook_size")
+    if notebook is not None:
+        if not isinstance(notebook, str):
+            raise ResultError("'executed_notebook' must be the notebook's text")
+        size = len(notebook.encode("utf-8", "surrogatepass"))
+        if size > max_notebook_bytes:
+            notebook = None  # kept on the remote system only, as the runner does
+        else:
+            try:
+                if not isinstance(json.loads(notebook), dict):
+                    raise ValueError
+            except (ValueError, RecursionError):
+                raise ResultError("'executed_notebook' is not a notebook") from None
+    elif size is not None:
+        size = _int(size, "executed_notebook_size")
+        if size < 0:
+            raise ResultError("'executed_notebook_size' must be >= 0")
+    return ResultReport(
+        result=parse_notebook_result(body),
+        executed_notebook=notebook,
+        executed_notebook_size=size,
+    )

@@ -4,13 +4,17 @@ This file is sent to the remote side as the program of the job's command (see
 :mod:`outpostspawner.jobs.script`), so it uses the standard library only and
 imports nothing of the package. Its one argument is the job spec, a JSON object:
 ``notebook_dirs``, ``notebooks``, ``parameters``, ``install_papermill``,
-``output_dir`` and ``server_command`` (the single-user server started beside the
-job, or ``null``).
+``output_dir``, ``server_command`` (the single-user server started beside the
+job, or ``null``), ``timeout`` (seconds for all notebooks together) and
+``max_notebook_bytes`` (executed notebooks up to this size are sent to the Hub).
 
+When a server runs beside the job, the notebooks start once the Hub reports the
+job ``running`` at ``JUPYTERHUB_JOB_URL`` (so the Hub has finished its start).
 Each notebook's result is POSTed to ``JUPYTERHUB_JOB_RESULTS_URL`` with the
-server's ``JUPYTERHUB_API_TOKEN``, and all results are printed between the lines
-``Papermill Job started`` and ``Papermill Job completed`` for Outposts that
-return logs. The exit status is 0 when every notebook succeeded.
+server's ``JUPYTERHUB_API_TOKEN``, then ``{"finished": true, "exit_code": n}``;
+all results are also printed between the lines ``Papermill Job started`` and
+``Papermill Job completed`` for Outposts that return logs. The exit status is 0
+when every notebook succeeded.
 """
 
 import importlib.util
@@ -25,6 +29,9 @@ import urllib.request
 
 SKIP_DIRS = {".ipynb_checkpoints", ".local"}
 OUTPUT_TAIL = 8192
+#: seconds to wait for the Hub to report the job running
+WAIT_RUNNING = 300
+TIMEOUT_CODE = 124
 
 
 def find_notebooks(spec, home):
@@ -65,23 +72,38 @@ def first_error(path):
     return "", ""
 
 
-def report(result):
-    """POST one notebook's result to the Hub; failures are printed, not raised."""
-    url = os.environ.get("JUPYTERHUB_JOB_RESULTS_URL")
+def hub_request(variable, body=None):
+    """A request to the Hub URL in ``variable`` with the server's token: the parsed
+    JSON answer, or ``None`` (printed, not raised) when it fails."""
+    url = os.environ.get(variable)
     token = os.environ.get("JUPYTERHUB_API_TOKEN")
     if not url or not token:
-        return
+        return None
     request = urllib.request.Request(
         url,
-        data=json.dumps(result).encode(),
-        method="POST",
+        data=None if body is None else json.dumps(body).encode(),
+        method="GET" if body is None else "POST",
         headers={"Authorization": "token " + token, "Content-Type": "application/json"},
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            response.read()
+            data = response.read()
+        return json.loads(data) if data else {}
     except (OSError, ValueError) as e:
-        print("could not report the result of", result["notebook"], "to the Hub:", e)
+        print("request to the Hub failed:", variable, e, flush=True)
+        return None
+
+
+def wait_running(deadline):
+    """Wait until the Hub reports the job running (bounded)."""
+    if not os.environ.get("JUPYTERHUB_JOB_URL"):
+        return
+    while time.time() < deadline:
+        answer = hub_request("JUPYTERHUB_JOB_URL")
+        if isinstance(answer, dict) and answer.get("status") in ("running", "stopped"):
+            return
+        time.sleep(1)
+    print("the Hub did not report the job running; running the notebooks anyway", flush=True)
 
 
 def papermill_command(spec):
@@ -100,15 +122,39 @@ def papermill_command(spec):
     return [exe] if exe else None
 
 
-def run_notebook(command, path, out, parameters, home):
+def failed(path, home, code, name, message):
+    return {
+        "notebook": os.path.relpath(path, home),
+        "exit_code": code,
+        "duration": 0,
+        "error_name": name,
+        "error_message": message,
+        "output": "",
+    }
+
+
+def run_notebook(command, path, out, parameters, home, timeout):
+    """Run one notebook; on timeout its process group (papermill and the kernel)
+    is killed."""
     started = time.time()
     args = [*command, path, out, "--cwd", os.path.dirname(path) or home]
     if parameters:
         args += ["-y", json.dumps(parameters)]
-    proc = subprocess.run(
-        args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
-    output = proc.stdout.decode("utf-8", "replace")[-OUTPUT_TAIL:]
+    try:
+        stdout, _ = proc.communicate(timeout=max(1, timeout))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, _ = proc.communicate()
+        result = failed(path, home, TIMEOUT_CODE, "JobTimeout", "the job's time ran out")
+        result["duration"] = round(time.time() - started, 3)
+        return result
     name, message = first_error(out) if proc.returncode else ("", "")
     return {
         "notebook": os.path.relpath(path, home),
@@ -116,8 +162,21 @@ def run_notebook(command, path, out, parameters, home):
         "duration": round(time.time() - started, 3),
         "error_name": name,
         "error_message": message,
-        "output": output,
+        "output": stdout.decode("utf-8", "replace")[-OUTPUT_TAIL:],
     }
+
+
+def with_executed_notebook(result, out, limit):
+    """The result to send to the Hub: with the executed notebook when it is small
+    enough, else with its size only."""
+    try:
+        size = os.path.getsize(out)
+    except OSError:
+        return result
+    if size > limit:
+        return dict(result, executed_notebook_size=size)
+    with open(out, encoding="utf-8", errors="replace") as f:
+        return dict(result, executed_notebook=f.read())
 
 
 def main(argv):
@@ -126,29 +185,40 @@ def main(argv):
     server = None
     if spec.get("server_command"):
         server = subprocess.Popen(spec["server_command"], stdin=subprocess.DEVNULL)
+    deadline = time.time() + float(spec.get("timeout") or 86400)
     try:
+        if server is not None:
+            wait_running(min(deadline, time.time() + WAIT_RUNNING))
         results = []
         command = papermill_command(spec)
         notebooks = find_notebooks(spec, home)
         out_dir = os.path.join(home, spec["output_dir"])
         os.makedirs(out_dir, exist_ok=True)
+        limit = int(spec.get("max_notebook_bytes") or 0)
         for path in notebooks:
+            out = None
             if command is None:
-                result = {
-                    "notebook": os.path.relpath(path, home),
-                    "exit_code": 127,
-                    "duration": 0,
-                    "error_name": "PapermillNotFound",
-                    "error_message": "papermill is not installed on the remote system",
-                    "output": "",
-                }
+                result = failed(
+                    path,
+                    home,
+                    127,
+                    "PapermillNotFound",
+                    "papermill is not installed on the remote system",
+                )
+            elif time.time() >= deadline:
+                result = failed(path, home, TIMEOUT_CODE, "JobTimeout", "the job's time ran out")
             else:
                 rel = os.path.relpath(path, home)
                 out = os.path.join(out_dir, rel.replace(os.sep, "__"))
-                result = run_notebook(command, path, out, spec.get("parameters"), home)
+                timeout = deadline - time.time()
+                result = run_notebook(command, path, out, spec.get("parameters"), home, timeout)
             results.append(result)
-            report(result)
+            hub_request(
+                "JUPYTERHUB_JOB_RESULTS_URL",
+                with_executed_notebook(result, out, limit) if out else result,
+            )
         code = 0 if all(r["exit_code"] == 0 for r in results) else 1
+        hub_request("JUPYTERHUB_JOB_RESULTS_URL", {"finished": True, "exit_code": code})
         block = {
             "exitCode": code,
             "results": [dict(r, exitCode=r["exit_code"], stdout=r["output"]) for r in results],

@@ -23,14 +23,22 @@ _RUNNER = resources.files(__package__).joinpath("runner.py").read_text(encoding=
 
 
 def job_spec(
-    request: JobRequest, job_name: str, *, install_papermill: bool, server_command: list[str]
+    request: JobRequest,
+    job_name: str,
+    *,
+    install_papermill: bool,
+    server_command: list[str],
+    timeout: float = 0,
+    max_notebook_bytes: int = 0,
 ) -> dict:
-    """The runner's argument."""
+    """The runner's argument (see :mod:`outpostspawner.jobs.runner`)."""
     spec = request.spec()
     spec.update(
         install_papermill=bool(install_papermill),
         output_dir=f"{OUTPUT_DIR}/{job_name}",
         server_command=list(server_command) or None,
+        timeout=float(timeout),
+        max_notebook_bytes=int(max_notebook_bytes),
     )
     return spec
 
