@@ -12,17 +12,23 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from outpostspawner.jobs import store
 from outpostspawner.jobs.model import (
+    MARKER_COMPLETED,
+    MARKER_STARTED,
     MAX_OUTPUT_TAIL,
     JobRequestError,
+    ResultError,
     deep_merge,
     is_job_name,
     new_job_name,
     parse_job_request,
     parse_notebook_result,
+    parse_result_report,
     results_from_logs,
 )
 from outpostspawner.jobs.script import JOB_CMD, job_command, job_spec
+from outpostspawner.jobs.store import job_view, new_record
 from outpostspawner.testing.notebooks import write_notebook
 
 
@@ -258,3 +264,109 @@ def test_runner_without_papermill_names_it(tmp_path):
     assert result["error_name"] == "PapermillNotFound"
     assert "papermill is not installed" in result["error_message"]
     assert outcome["exit_code"] == 1 and proc.returncode == 1
+
+
+# --- what the remote job reports, and what GET shows --------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        None,
+        [],
+        {"finished": True},
+        {"finished": True, "exit_code": 0, "extra": 1},
+        {"notebook": "a.ipynb"},
+        {"notebook": "a.ipynb", "exit_code": True},
+        {"notebook": "a.ipynb", "exit_code": 0, "executed_notebook": 5},
+        {"notebook": "a.ipynb", "exit_code": 0, "executed_notebook": "not json"},
+        {"notebook": "a.ipynb", "exit_code": 0, "executed_notebook": "[1]"},
+        {"notebook": "a.ipynb", "exit_code": 0, "executed_notebook_size": -1},
+        {"notebook": "a.ipynb", "exit_code": 0, "duration": "slow"},
+    ],
+)
+def test_bad_result_reports_are_refused(body):
+    with pytest.raises(ResultError):
+        parse_result_report(body, 1000)
+
+
+def test_result_reports_keep_small_notebooks_only():
+    small = parse_result_report(
+        {"notebook": "a.ipynb", "exit_code": 0, "executed_notebook": '{"cells": []}'}, 100
+    )
+    assert small.executed_notebook == '{"cells": []}' and small.executed_notebook_size == 13
+    big = parse_result_report(
+        {"notebook": "a.ipynb", "exit_code": 0, "executed_notebook": '{"a": "' + "x" * 200 + '"}'},
+        100,
+    )
+    assert big.executed_notebook is None and big.executed_notebook_size == 209
+    done = parse_result_report({"finished": True, "exit_code": 1}, 100)
+    assert done.finished and done.exit_code == 1 and done.result is None
+
+
+class _Spawner:
+    def __init__(self, active=False, pending=None, logs=(), exit_code=None):
+        self.active, self.pending, self.logs, self.exit_code = (
+            active,
+            pending,
+            list(logs),
+            exit_code,
+        )
+
+
+def _record(**kw):
+    record = new_record({"user_options": {"option": "x"}}, 3600)
+    record.update(kw)
+    return record
+
+
+def test_job_view_statuses_and_exit_codes():
+    key = ("ann", "job-0")
+    ok = {
+        "notebook": "a.ipynb",
+        "exit_code": 0,
+        "duration": 1.0,
+        "error_name": "",
+        "error_message": "",
+        "output": "",
+    }
+    bad = dict(ok, notebook="b.ipynb", exit_code=1)
+    store.in_flight[key] = "preparing"
+    try:
+        assert job_view(key, _Spawner(), _record(), "u")["status"] == "preparing"
+        store.in_flight[key] = "spawning"
+        assert job_view(key, _Spawner(), _record(), "u")["status"] == "spawning"
+    finally:
+        store.in_flight.pop(key)
+    running = job_view(key, _Spawner(active=True), _record(results=[ok]), "u")
+    assert running["status"] == "running" and running["exit_code"] is None
+    assert running["end_time"] is None
+    done = job_view(key, _Spawner(), _record(results=[ok], end_time=1e9), "u")
+    assert done["exit_code"] == 0 and done["results_source"] == "callback"
+    assert done["end_time"] == "2001-09-09T01:46:40Z"
+    assert job_view(key, _Spawner(), _record(results=[ok, bad]), "u")["exit_code"] == 1
+    failed = job_view(key, _Spawner(), _record(error="did not start"), "u")
+    assert failed["exit_code"] == 1 and failed["error"] == "did not start"
+    # the existing API's reading: the block between the markers, a failed notebook fails
+    block = json.dumps({"exitCode": 0, "results": [{"notebook": "c.ipynb", "exitCode": 2}]})
+    logs = ["noise", MARKER_STARTED, block, MARKER_COMPLETED]
+    view = job_view(key, _Spawner(active=True, logs=logs), _record(), "u")
+    assert view["status"] == "stopped" and view["exit_code"] == 1
+    assert view["logs"] == [block] and view["results_source"] == "logs"
+    # logs kept in the record after the server stopped
+    view = job_view(key, _Spawner(), _record(logs=logs[:1], server_exit_code=3), "u")
+    assert view["logs"] == ["noise"] and view["exit_code"] == 3
+
+
+def test_executed_notebook_urls():
+    record = _record()
+    store.add_result(record, {"notebook": "a.ipynb"}, {"size": 10, "stored": True})
+    store.add_result(record, {"notebook": "b.ipynb"}, None)
+    store.add_result(record, {"notebook": "a.ipynb"}, {"size": 12, "stored": True})
+    shown = job_view(("u", "j"), _Spawner(active=True), record, "http://hub/job/u/j")["results"]
+    assert [
+        (r["notebook"], r["executed_notebook_url"], r["executed_notebook_size"]) for r in shown
+    ] == [
+        ("a.ipynb", "http://hub/job/u/j/notebooks/0", 12),
+        ("b.ipynb", None, None),
+    ]

@@ -45,6 +45,7 @@ c.JobAPIHandlerConfig.server_command = {server!r}
 c.JobAPIHandlerConfig.poll_interval = 1
 c.JobAPIHandlerConfig.job_server_limit_per_user = 2
 c.JobAPIHandlerConfig.confine_to_home = True
+c.JobAPIHandlerConfig.max_notebook_bytes = 200_000
 c.JobAPIHandlerConfig.default_user_options = {{"system": {{"partition": "batch"}}}}
 c.Spawner.http_timeout = 60
 c.Spawner.start_timeout = 120
@@ -81,6 +82,7 @@ async def home(tmp_path_factory) -> Path:
     write_notebook(home / "ok" / "hello.ipynb", "print('hello from the job')")
     write_notebook(home / "param" / "double.ipynb", "print('n is', n * 2)", parameters="n = 1")
     write_notebook(home / "fails" / "broken.ipynb", "raise ValueError('cell <b>broke</b>')")
+    write_notebook(home / "fails" / "big.ipynb", "print('x' * 300_000)")
     write_notebook(home / "long" / "sleep.ipynb", "import time\ntime.sleep(600)")
     write_notebook(home / "short" / "sleep.ipynb", "import time\ntime.sleep(20)\nprint('slept')")
     return home
@@ -194,10 +196,14 @@ async def test_jobs_report_their_results_by_callback(hub):
 
     failed = await wait_job(hub, bad.text, token)
     assert failed["exit_code"] == 1
-    (result,) = failed["results"]
-    assert result["notebook"] == "fails/broken.ipynb" and result["exit_code"] != 0
-    assert result["error_name"] == "ValueError"
-    assert result["error_message"] == "cell <b>broke</b>"
+    big, broken = failed["results"]  # in path order
+    assert broken["notebook"] == "fails/broken.ipynb" and broken["exit_code"] != 0
+    assert broken["error_name"] == "ValueError"
+    assert broken["error_message"] == "cell <b>broke</b>"
+    # an executed notebook over max_notebook_bytes stays on the remote system
+    assert big["exit_code"] == 0 and big["executed_notebook_size"] > 200_000
+    resp = await hub.api("GET", job_path(big["executed_notebook_url"]), token=token)
+    assert resp.code == 413 and "more than the Hub keeps" in resp.json()["message"]
     # the start body: the merged user_options and the job's command
     (start, *_) = [r.json for r in hub.start_requests("job-ann")]
     assert start["user_options"]["system"] == {"partition": "batch"}
