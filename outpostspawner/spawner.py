@@ -14,6 +14,8 @@ from tornado.httputil import url_concat
 
 from . import hooks
 from .errors import HookError, OutpostError, OutpostSpawnError
+from .flavors import spawn as flavor_checks
+from .flavors.service import authentication
 from .forward import ForwardBaseSpawner
 from .names import expand_template
 from .outpost import get_client
@@ -151,6 +153,7 @@ class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
         uo = self.user_options or {}
         if self.check_allowed:
             await hooks.resolve(self, "check_allowed", user_options=uo, show_errors=True)
+        await flavor_checks.check_start(self, uo)
         body = await self._start_body(uo)
         url, headers, kwargs = await self._request_settings()
         if self.request_kwargs_start is not None:
@@ -205,6 +208,7 @@ class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
     async def _start_body(self, uo: dict) -> dict:
         api_url = await self._resolve_public_api_url()
         env = self._remote_env(api_url)
+        env.update(flavor_checks.start_env(self, uo, api_url))
         env.update(
             await hooks.resolve(
                 self, "custom_env", user_options=uo, jupyterhub_api_url=api_url, check=_env_values
@@ -251,12 +255,8 @@ class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
         if self.internal_ssl:
             await self._add_certs(body)
         auth_state = await self.user.get_auth_state()
-        if auth_state and auth_state.get("outpost_flavors"):
-            body["authentication"] = {
-                "access_token": auth_state.get("access_token", ""),
-                "name": auth_state.get("name", ""),
-                "groups": auth_state.get("groups", []),
-            }
+        if flavor_checks.sends_authentication(self, uo, auth_state):
+            body["authentication"] = authentication(self.user, auth_state)
         return body
 
     async def _add_certs(self, body: dict) -> None:

@@ -226,7 +226,7 @@ def test_entry_point():
 def test_user_flavors_never_change_the_shared_cache():
     import copy
 
-    from outpostspawner.handlers.flavors import user_flavors
+    from outpostspawner.flavors.model import user_view as user_flavors
 
     cache = {"a": {"small": {"max": 4, "current": 3}}, "b": {"big": {"max": 1, "current": 0}}}
     before = copy.deepcopy(cache)

@@ -165,7 +165,9 @@ async def test_server_list_flavors_and_recreate_scopes(hub, outpost_settings):
     assert resp.code == 400
     resp = await hub.fetch(f"{hub.hub_url}/hub/api/outpostflavors", token=user_token)
     assert resp.code == 200
-    assert resp.json() == {"system-a": flavors}
+    # validated and normalized: the known fields only, with their defaults
+    small = {"max": 4, "current": 1, "weight": 0, "display_name": "<b>small</b>", "description": ""}
+    assert resp.json() == {"system-a": {"small": small}}
 
     resp = await hub.fetch(f"{hub.hub_url}/hub/api/recreateforward/node1.example", token=outpost)
     assert resp.code == 202 and resp.json() == {"tunnels": 0}

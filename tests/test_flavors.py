@@ -1,0 +1,131 @@
+"""Flavors on the Hub's side: answers validated, the per-user view, the check
+before a start, and the configuration."""
+
+from __future__ import annotations
+
+import pytest
+from traitlets.config import Config
+
+from outpostspawner.flavors import OutpostFlavors
+from outpostspawner.flavors.model import (
+    FlavorError,
+    parse_credits,
+    parse_flavors,
+    refusal,
+    user_view,
+)
+
+
+def test_flavors_are_normalized():
+    flavors = parse_flavors(
+        {
+            "small": {"max": 4, "current": 1, "display_name": "Small", "extra": "dropped"},
+            "gpu": {"max": -1, "maxPerUser": 1, "weight": 5, "runtime": {"hours": 2}},
+        }
+    )
+    assert flavors["small"] == {
+        "max": 4,
+        "current": 1,
+        "weight": 0,
+        "display_name": "Small",
+        "description": "",
+    }
+    assert flavors["gpu"]["maxPerUser"] == 1 and flavors["gpu"]["runtime"] == {"hours": 2}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        None,
+        [],
+        "small",
+        {"small": 3},
+        {"<b>x</b>": {}},
+        {"": {}},
+        {"a" * 101: {}},
+        {"small": {"max": "4"}},
+        {"small": {"max": True}},
+        {"small": {"max": 10**12}},
+        {"small": {"current": -1}},
+        {"small": {"display_name": ["x"]}},
+        {"small": {"runtime": {"years": 1}}},
+        {"small": {"runtime": {"hours": -1}}},
+        {"small": {"runtime": "1h"}},
+        {f"f{i}": {} for i in range(201)},
+    ],
+)
+def test_bad_flavor_answers_are_refused(answer):
+    with pytest.raises(FlavorError):
+        parse_flavors(answer)
+
+
+def test_long_texts_are_cut_and_credits_bounded():
+    flavors = parse_flavors({"small": {"description": "x" * 5000}})
+    assert len(flavors["small"]["description"]) == 1000
+    assert parse_credits({"hours": 10}) == {"hours": 10}
+    with pytest.raises(FlavorError):
+        parse_credits({"x": "y" * 20000})
+    with pytest.raises(FlavorError):
+        parse_credits([1])
+
+
+def test_user_view_keeps_the_shared_usage():
+    shared = {"a": {"small": {"max": 4, "current": 3}}, "b": {"big": {"max": 1, "current": 0}}}
+    view = user_view(shared, {"a": {"small": {"max": 10, "current": 0}}, "b": False})
+    assert view == {"a": {"small": {"max": 10, "current": 3}}}
+    assert shared["a"]["small"]["max"] == 4
+
+
+FLAVORS = {
+    "small": {"max": 2, "current": 1, "maxPerUser": 1},
+    "big": {"max": 1, "current": 1},
+    "free": {"max": -1, "current": 50},
+}
+
+
+@pytest.mark.parametrize(
+    ("flavor", "running", "message"),
+    [
+        ("small", 0, None),
+        ("free", 7, None),
+        (
+            "tiny",
+            0,
+            "srv - Start with flavor tiny not allowed. Allowed values for user: "
+            "['big', 'free', 'small']",
+        ),
+        (None, 0, "srv - Start with flavor None not allowed. Allowed values for user: "),
+        (
+            "small",
+            1,
+            "srv - Start with flavor small not allowed. Each user may only start 1 of small",
+        ),
+        ("big", 0, "srv - Start with flavor big not allowed. Maximum (1) already reached."),
+    ],
+)
+def test_refusals_speak_as_the_outpost(flavor, running, message):
+    got = refusal(FLAVORS, flavor, "srv", running)
+    if message is None:
+        assert got is None
+    else:
+        assert got.startswith(message)
+
+
+def test_no_flavors_no_refusal():
+    assert refusal(None, "x", "srv", 0) is None
+    assert refusal({}, "x", "srv", 0) is None
+
+
+def test_outposts_from_the_existing_implementations_env(monkeypatch):
+    monkeypatch.setenv("OUTPOST_FLAVOR_INITIAL_SYSTEM_NAMES", "a;b")
+    monkeypatch.setenv(
+        "OUTPOST_FLAVOR_INITIAL_SYSTEM_URLS", "http://a.example/flavors;http://b.example/"
+    )
+    monkeypatch.setenv("OUTPOST_FLAVOR_INITIAL_SYSTEM_TOKENS", "dG9rZW4=;")
+    cfg = OutpostFlavors()
+    assert cfg.outposts == {
+        "a": {"url": "http://a.example/", "headers": {"Authorization": "Basic dG9rZW4="}},
+        "b": {"url": "http://b.example/"},
+    }
+    configured = OutpostFlavors(config=Config({"OutpostFlavors": {"outposts": {"c": {}}}}))
+    assert configured.outposts == {"c": {}}
