@@ -129,3 +129,59 @@ def test_outposts_from_the_existing_implementations_env(monkeypatch):
     }
     configured = OutpostFlavors(config=Config({"OutpostFlavors": {"outposts": {"c": {}}}}))
     assert configured.outposts == {"c": {}}
+
+
+class _User:
+    def __init__(self):
+        self.spawners = {}
+
+
+class _Spawner:
+    def __init__(self, user, options=None, active=False):
+        self.user, self.user_options, self.active = user, options or {}, active
+        self.config = Config()
+        user.spawners[str(len(user.spawners))] = self
+
+
+def test_form_shows_usage_escapes_and_disables_what_is_full():
+    from outpostspawner.flavors.form import FIELD, render
+
+    user = _User()
+    spawner = _Spawner(user)
+    _Spawner(user, {"system": "hpc", "flavor": "gpu"}, active=True)
+    flavors = {
+        "hpc": {
+            "gpu": {"max": 10, "current": 2, "maxPerUser": 1, "display_name": "GPU"},
+            "cpu": {"max": 2, "current": 2, "description": "<script>alert(1)</script>"},
+            "any": {"max": -1, "current": 5, "runtime": {"hours": 2}, "weight": 9},
+        },
+        "<b>evil</b>": {"x": {"max": -1, "current": 0}},
+    }
+    html = render(spawner, flavors, {"hpc": {"hours": "<i>5</i>"}})
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<b>evil</b>" not in html and "&lt;b&gt;evil&lt;/b&gt;" in html
+    assert "<i>5</i>" not in html
+    assert "2 of 10 in use; 1 of 1 yours" in html and "runs at most 2 hours" in html
+    inputs = [line for line in html.splitlines() if "value=" in line]
+    gpu = next(i for i, line in enumerate(html.splitlines()) if 'value="hpc/gpu"' in line)
+    assert "disabled" in html.splitlines()[gpu]  # maxPerUser reached for this user
+    cpu = next(i for i, line in enumerate(html.splitlines()) if 'value="hpc/cpu"' in line)
+    assert "disabled" in html.splitlines()[cpu]  # max reached
+    assert len(inputs) == 4 and f'name="{FIELD}"' in html
+    anyf = next(line for line in html.splitlines() if 'value="hpc/any"' in line)
+    assert "disabled" not in anyf and html.count(" checked") == 1  # the first with room
+    assert render(spawner, {}) == ""
+
+
+def test_options_from_form():
+    from outpostspawner.flavors.form import FIELD, options_from_form
+
+    spawner = _Spawner(_User())
+    assert options_from_form({FIELD: ["hpc/gpu"], "note": ["x"]}, spawner=spawner) == {
+        "system": "hpc",
+        "flavor": "gpu",
+        "note": "x",
+    }
+    for bad in ("gpu", "/gpu", "hpc/<b>", "hpc/"):
+        with pytest.raises(ValueError):
+            options_from_form({FIELD: [bad]}, spawner=spawner)
