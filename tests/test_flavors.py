@@ -185,3 +185,18 @@ def test_options_from_form():
     for bad in ("gpu", "/gpu", "hpc/<b>", "hpc/"):
         with pytest.raises(ValueError):
             options_from_form({FIELD: [bad]}, spawner=spawner)
+
+
+async def test_a_system_that_is_not_a_name_is_left_to_the_outpost():
+    from outpostspawner.flavors import spawn
+
+    spawner = _Spawner(_User(), {"system": {"partition": "batch"}, "flavor": "x"})
+    spawner.config = Config({"OutpostFlavors": {"outposts": {"hpc": {"url": "http://h/"}}}})
+    options = spawner.user_options
+    assert spawn.start_env(spawner, options, "http://hub/api") == {}
+    assert spawn.sends_authentication(spawner, options, None) is False
+    await spawn.check_start(spawner, options)  # no refusal, no request
+    options = {"system": "hpc"}
+    assert spawn.start_env(spawner, options, "http://hub/api") == {
+        "JUPYTERHUB_FLAVORS_UPDATE_URL": "http://hub/api/outpostflavors/hpc"
+    }

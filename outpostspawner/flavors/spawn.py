@@ -10,9 +10,12 @@ from .model import refusal
 from .service import flavors_service
 
 
-def _choice(spawner: Any, user_options: dict) -> tuple[Any, Any]:
+def _choice(spawner: Any, user_options: dict) -> tuple[str | None, Any]:
+    """The chosen system (``None`` unless a string: ``user_options`` may use the
+    key for something else) and flavor."""
     cfg = flavors_service(spawner.config).cfg
-    return user_options.get(cfg.system_key), user_options.get(cfg.flavor_key)
+    system = user_options.get(cfg.system_key)
+    return system if isinstance(system, str) else None, user_options.get(cfg.flavor_key)
 
 
 def running_of(spawner: Any, system: Any, flavor: Any) -> int:
@@ -38,9 +41,7 @@ async def check_start(spawner: Any, user_options: dict) -> None:
     if not service.cfg.check_before_start:
         return
     system, flavor = _choice(spawner, user_options)
-    if not isinstance(system, str) or (
-        system not in service.shared and system not in service.cfg.outposts
-    ):
+    if system is None or (system not in service.shared and system not in service.cfg.outposts):
         return  # flavors unknown for this system: the Outpost decides
     flavors = (await service.for_user(spawner.user)).get(system)
     reason = refusal(flavors, flavor, spawner.outpost_name, running_of(spawner, system, flavor))
@@ -65,5 +66,5 @@ def sends_authentication(spawner: Any, user_options: dict, auth_state: dict | No
         return True
     service = flavors_service(spawner.config)
     system, _ = _choice(spawner, user_options)
-    entry = service.cfg.outposts.get(system) if isinstance(system, str) else None
+    entry = service.cfg.outposts.get(system) if system is not None else None
     return isinstance(entry, dict) and entry.get("user_flavors", True) is not False
