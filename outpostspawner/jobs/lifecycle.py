@@ -193,12 +193,14 @@ async def stop(handler: Any, user: Any, spawner: Any) -> None:
     if store.in_flight.get(key) == "preparing" and task is not None:
         task.cancel()
         await asyncio.wait({task}, timeout=STOP_WAIT)
-    if spawner.pending == "spawn" and spawner._spawn_future is not None:
-        spawner._spawn_future.cancel()
+    # JupyterHub sets these futures only once a spawn or stop has begun
+    spawn_future = getattr(spawner, "_spawn_future", None)
+    if spawner.pending == "spawn" and spawn_future is not None:
+        spawn_future.cancel()
         await asyncio.sleep(1)
     if spawner.active and not spawner.pending:
         await handler.stop_single_user(user, spawner.name)
-    future = spawner._stop_future
+    future = getattr(spawner, "_stop_future", None)
     if future is not None:
         try:
             await asyncio.wait_for(asyncio.shield(future), STOP_WAIT)

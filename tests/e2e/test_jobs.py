@@ -9,7 +9,9 @@ notebooks in a temporary home.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -315,6 +317,50 @@ async def test_reuse_limits_and_other_users(hub):
 
     await wait_for(all_removed, timeout=60, message="the held jobs to be removed")
     assert hub.start_requests("job-fay") == []
+
+
+async def run_cli(hub: HubProcess, token: str, *argv: str) -> tuple[int, str, str]:
+    """``python -m outpostspawner.jobs ARGV`` against the Hub, the token in the env."""
+    env = {**os.environ, "JUPYTERHUB_URL": hub.url, "JUPYTERHUB_API_TOKEN": token}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "outpostspawner.jobs", *argv, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), JOB_DONE)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert token not in out.decode() + err.decode()
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_command_line_client(hub):
+    """``submit --wait`` shows progress and ends with the job's exit code; ``status``
+    and ``cancel`` act on the job's URL."""
+    token = await hub.create_user("job-ike")
+    code, out, err = await run_cli(
+        hub, token, "submit", "--option", "cli", "--notebook", "param/double.ipynb",
+        "--notebook", "fails/broken.ipynb", "-p", "n=21", "--wait", "--interval", "1",
+    )  # fmt: skip
+    assert code == 1, f"{out}\n{err}\n{hub.log_tail()}"
+    url = out.splitlines()[0]
+    assert url.startswith(hub.url + "/hub/api/job/job-ike/")
+    assert "status: running" in err and "param/double.ipynb: ok" in err
+    assert "fails/broken.ipynb: FAILED ValueError: cell <b>broke</b>" in out
+    code, out, _ = await run_cli(hub, token, "status", "--json", url)
+    assert code == 0 and json.loads(out)["exit_code"] == 1
+    code, out, _ = await run_cli(hub, token, "cancel", url)
+    assert (code, out.strip()) == (0, "cancelled")
+
+    async def removed():
+        return (await hub.api("GET", job_path(url), token=token)).code == 404
+
+    await wait_for(removed, timeout=60, message="the job to be removed")
+    code, _, err = await run_cli(hub, token, "status", url)
+    assert code == 2 and "404" in err
+    await nothing_left(hub, "job-ike")
 
 
 @pytest.mark.parametrize(
