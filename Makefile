@@ -10,7 +10,7 @@ JH6 := jupyterhub>=6.1,<7
 JH5 := jupyterhub>=5.3,<6
 export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install system-deps venv venv-jh5 node test test-jh6 test-jh5 lint demo docs bench clean
+.PHONY: install system-deps venv venv-jh5 node test test-jh6 test-jh5 lint demo docs bench bench-jobs clean
 
 install: system-deps venv node
 
@@ -69,6 +69,9 @@ docs: venv
 
 bench: install
 	$(PY) benchmarks/run.py
+
+bench-jobs: install
+	PATH=$(CURDIR)/node_modules/.bin:$$PATH $(PY) benchmarks/jobs.py
 
 clean:
 	rm -rf $(VENV) $(VENV5) node_modules docs/_build

@@ -1348,8 +1348,8 @@ async def main_async(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_main(main_async, args: argparse.Namespace) -> int:
+    """Run ``main_async(args)``; SIGTERM/SIGINT cancel it (its processes are ended)."""
 
     async def runner() -> int:
         task = asyncio.ensure_future(main_async(args))
@@ -1367,6 +1367,10 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         log(f"error: {e}")
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(main_async, parse_args(argv))
 
 
 if __name__ == "__main__":

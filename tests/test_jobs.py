@@ -370,3 +370,26 @@ def test_executed_notebook_urls():
         ("a.ipynb", "http://hub/job/u/j/notebooks/0", 12),
         ("b.ipynb", None, None),
     ]
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        (
+            'Traceback (most recent call last):\n  File "x.py", line 1\n'
+            "RuntimeError: Kernel died before replying to kernel_info\n",
+            ("RuntimeError", "Kernel died before replying to kernel_info"),
+        ),
+        ("Traceback (most recent call last):\n  ...\n"
+         "jupyter_client.kernelspec.NoSuchKernel: No such kernel named r\nExit 1\n",
+         ("NoSuchKernel", "No such kernel named r")),
+        ("Executing: 100%|##########| 1/1\n", ("", "")),
+        ("", ("", "")),
+        ("Traceback (most recent call last):\n  ...\nKeyboardInterrupt\n",
+         ("KeyboardInterrupt", "")),
+    ],
+)  # fmt: skip
+def test_a_failure_without_a_failed_cell_is_named_from_papermills_output(output, expected):
+    from outpostspawner.jobs import runner
+
+    assert runner.last_exception(output) == expected

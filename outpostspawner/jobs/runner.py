@@ -155,15 +155,33 @@ def run_notebook(command, path, out, parameters, home, timeout):
         result = failed(path, home, TIMEOUT_CODE, "JobTimeout", "the job's time ran out")
         result["duration"] = round(time.time() - started, 3)
         return result
+    output = stdout.decode("utf-8", "replace")[-OUTPUT_TAIL:]
     name, message = first_error(out) if proc.returncode else ("", "")
+    if proc.returncode and not name:
+        name, message = last_exception(output)
     return {
         "notebook": os.path.relpath(path, home),
         "exit_code": proc.returncode,
         "duration": round(time.time() - started, 3),
         "error_name": name,
-        "error_message": message,
-        "output": stdout.decode("utf-8", "replace")[-OUTPUT_TAIL:],
+        "error_message": message[:2000],
+        "output": output,
     }
+
+
+def last_exception(output):
+    """``(name, message)`` of the exception that ends the last traceback in
+    papermill's output (a kernel that did not start fails no cell), else empty."""
+    lines = output.splitlines()
+    marks = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if not marks:
+        return "", ""
+    for line in reversed(lines[marks[-1] + 1 :]):
+        if line and not line[0].isspace():
+            name, _, message = line.partition(":")
+            if name.replace(".", "").replace("_", "").isalnum():
+                return name.rsplit(".", 1)[-1], message.strip()
+    return "", ""
 
 
 def with_executed_notebook(result, out, limit):
