@@ -245,11 +245,18 @@ async def test_async_start(http):
     async with ReferenceOutpost(start_delay=0.4) as o:
         t0 = time.monotonic()
         code, data = await call(
-            http, o, "POST", "/services", start_body(), headers={"execution-type": "async"}
+            http,
+            o,
+            "POST",
+            "/services",
+            start_body(JUPYTERHUB_USER_ID="7"),
+            headers={"execution-type": "async"},
         )
         assert (code, data) == (202, {"service": ""})
         assert time.monotonic() - t0 < 0.3
-        assert (await call(http, o, "GET", "/services/"))[1][0]["service"] == ""
+        (entry,) = (await call(http, o, "GET", "/services/"))[1]
+        assert entry["start_pending"] is True and entry["state_stored"] is False
+        assert "service" not in entry  # the JupyterHub Outpost lists no address
         assert await call(http, o, "GET", "/services/srv/abc123") == (
             200,
             {"status": None, "logs": []},
@@ -257,9 +264,15 @@ async def test_async_start(http):
         record = o.get_service("srv")
         await wait_until(lambda: record.ready)
         _, listing = await call(http, o, "GET", "/services/")
-        assert listing == [
-            {"name": "srv", "start_id": "abc123", "service": record.address, "status": None}
-        ]
+        (entry,) = listing
+        assert set(entry) == {
+            "name", "start_id", "start_date", "end_date", "jupyterhub", "jupyterhub_userid",
+            "last_update", "state_stored", "start_pending", "stop_pending",
+        }  # fmt: skip
+        assert entry["name"] == "srv" and entry["start_id"] == "abc123"
+        assert entry["jupyterhub"] == "hub" and entry["end_date"] is None
+        assert entry["jupyterhub_userid"] == 7
+        assert (entry["start_pending"], entry["state_stored"]) == (False, True)
         assert (await get_service(http, record.address, "/user/alice/srv/"))["ok"] is True
 
 
@@ -353,7 +366,13 @@ async def test_bad_start_body(http, outpost, body):
     assert outpost.services == {}
 
 
-async def test_list(http, outpost):
+async def test_list_with_the_extension_fields(http):
+    """``list_extras`` (this reference Outpost's extension) adds address and status."""
+    async with ReferenceOutpost(list_extras=True) as outpost:
+        await check_list(http, outpost)
+
+
+async def check_list(http, outpost):
     for name in ("a", "b"):
         code, _ = await call(http, outpost, "POST", "/services", start_body(name, start_id=name))
         assert code == 200

@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import time
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from tornado import httputil, web
@@ -215,20 +216,48 @@ class FlavorsHandler(Handler):
         await self.get()
 
 
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
+
+
+def list_entry(record: ServiceRecord, extras: bool) -> dict[str, Any]:
+    """A service in ``GET /services/``: the JupyterHub Outpost's fields, plus
+    ``service`` and ``status`` with ``extras`` (this reference Outpost's extension)."""
+    try:
+        user_id: int | None = int((record.body.get("env") or {}).get("JUPYTERHUB_USER_ID", ""))
+    except (TypeError, ValueError, AttributeError):
+        user_id = None
+    pending = record.start_task is not None and not record.start_task.done()
+    entry: dict[str, Any] = {
+        "name": record.name,
+        "start_id": record.start_id,
+        "start_date": _iso(record.created),
+        "end_date": None,
+        "jupyterhub": record.hub,
+        "jupyterhub_userid": user_id,
+        "last_update": _iso(record.created),
+        "state_stored": record.ready,
+        "start_pending": pending,
+        "stop_pending": False,
+    }
+    if extras:
+        entry["service"] = record.address if record.ready else ""
+        entry["status"] = record.status
+    return entry
+
+
 class ServicesHandler(Handler):
     async def get(self) -> None:
         hub = await self.begin("list")
         if hub is None:
             return
+        extras = self.outpost.list_extras
         self.send_json(
             200,
             [
-                {
-                    "name": r.name,
-                    "start_id": r.start_id,
-                    "service": r.address if r.ready else "",
-                    "status": r.status,
-                }
+                list_entry(r, extras)
                 for (h, _), r in list(self.outpost.services.items())
                 if h == hub
             ],

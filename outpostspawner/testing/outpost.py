@@ -111,6 +111,11 @@ class ReferenceOutpost:
     :param service_host: host reported in the ``service`` answer and bound by services.
     :param log_file_dir: directory for per-service work dirs and log files; a temporary
         directory (removed on stop) if not given.
+    :param list_extras: an extension of this reference Outpost, off by default:
+        ``GET /services/`` adds ``service`` (the address, ``""`` before it is known)
+        and ``status`` to each entry. The JupyterHub Outpost's list has only
+        ``name, start_id, start_date, end_date, jupyterhub, jupyterhub_userid,
+        last_update, state_stored, start_pending, stop_pending``.
     :param allow_override: keys of the start body's ``misc`` that override the
         remote spawner's settings, as the JupyterHub Outpost's ``allow_override``
         does. This Outpost honours ``cmd`` and ``args`` (the service's command is
@@ -133,6 +138,7 @@ class ReferenceOutpost:
         service_host: str = "127.0.0.1",
         log_file_dir: str | None = None,
         report_address: bool = True,
+        list_extras: bool = False,
         allow_override: tuple[str, ...] | list[str] = (),
     ) -> None:
         if backend not in ("process", "inprocess"):
@@ -148,6 +154,7 @@ class ReferenceOutpost:
         self.service_host = service_host
         self.log_file_dir = log_file_dir
         self.report_address = report_address
+        self.list_extras = list_extras
         self.allow_override = frozenset(allow_override)
         #: seconds between SIGTERM and SIGKILL when stopping a service
         self.stop_timeout = 5.0
