@@ -208,12 +208,49 @@ class PingHandler(Handler):
 
 
 class FlavorsHandler(Handler):
+    """``GET /flavors/`` (the Hub's) and ``POST /userflavors`` (a user's, the body
+    being the user's authentication), with ``current``."""
+
     async def get(self) -> None:
         if await self.begin("other") is not None:
-            self.send_json(200, {})
+            flavors = self.outpost.flavors
+            self.send_json(
+                200, flavors.with_current(flavors.flavors, self.outpost.services.values())
+            )
 
     async def post(self) -> None:
-        await self.get()
+        hub = await self.begin("other")
+        if hub is None:
+            return
+        authentication = _json_or_none(self.request.body)
+        flavors = self.outpost.flavors
+        own = flavors.for_user(hub, authentication)
+        self.send_json(200, flavors.with_current(own, self.outpost.services.values()))
+
+
+class CreditsHandler(Handler):
+    """``GET /credits/`` (the Hub's) and ``POST /usercredits`` (a user's)."""
+
+    async def get(self) -> None:
+        if await self.begin("other") is not None:
+            self.send_json(200, self.outpost.flavors.credits)
+
+    async def post(self) -> None:
+        hub = await self.begin("other")
+        if hub is None:
+            return
+        flavors = self.outpost.flavors
+        if flavors.user_credits is None:
+            self.send_json(200, flavors.credits)
+            return
+        self.send_json(200, flavors.user_credits(hub, _json_or_none(self.request.body)))
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        return None
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -234,7 +271,7 @@ def list_entry(record: ServiceRecord, extras: bool) -> dict[str, Any]:
         "name": record.name,
         "start_id": record.start_id,
         "start_date": _iso(record.created),
-        "end_date": None,
+        "end_date": _iso(record.end_date),
         "jupyterhub": record.hub,
         "jupyterhub_userid": user_id,
         "last_update": _iso(record.created),
@@ -281,9 +318,14 @@ class ServicesHandler(Handler):
         except ValueError as e:
             self.send_json(419, spawner_error(str(e), cls="ValueError"))
             return
+        refusal = self.outpost.flavors.refusal(hub, body, self.outpost.services.values())
+        if refusal is not None:
+            self.send_json(419, spawner_error(refusal, cls="Exception", module="builtins"))
+            return
         record = await self.outpost._start_service(hub, body, crash=self.crash)
         if self.is_async:
             record.async_start = True
+            self.outpost.push_flavors(record)
             self.send_json(202, {"service": ""})
             return
         task = record.start_task
@@ -301,6 +343,7 @@ class ServicesHandler(Handler):
         elif record.error:
             self.send_json(419, record.error)
         else:
+            self.outpost.push_flavors(record)
             self.send_json(200, {"service": record.address})
 
 
@@ -325,6 +368,7 @@ class ServiceHandler(Handler):
         if record is None:
             return
         self.outpost.services.pop((hub, name), None)
+        self.outpost.push_flavors(record)  # counting the stopped one out
         if self.is_async:
             self.outpost._spawn(self.outpost._teardown(record), f"stop-{name}")
             self.send_json(202, {})

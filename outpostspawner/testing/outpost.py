@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,7 +35,9 @@ from tornado.netutil import bind_sockets
 
 from ..processes import stop_process
 from .faults import FaultPlan, spawner_error
+from .flavors import Flavors, configured_flavors
 from .handlers import (
+    CreditsHandler,
     FaultsHandler,
     FlavorsHandler,
     NotFoundHandler,
@@ -121,6 +124,15 @@ class ReferenceOutpost:
         does. This Outpost honours ``cmd`` and ``args`` (the service's command is
         then ``misc.cmd + misc.args``, as a remote ``LocalProcessSpawner`` runs it);
         other keys are accepted and ignored. Default: none.
+    :param flavors: flavors offered to every Hub (see :mod:`.flavors`); default
+        those of ``flavors_path``, ``$OUTPOST_FLAVORS_PATH`` or
+        ``/mnt/flavors/flavors.yaml``; none: starts are not checked.
+    :param user_flavors: ``(hub, authentication) -> flavors | None``, a user's own.
+    :param credits: the answer of ``GET /credits/``;
+        ``user_credits(hub, authentication)`` that of ``POST /usercredits``.
+    :param max_per_user: services one user (``JUPYTERHUB_USER_ID``) may run at once.
+    :param flavors_update_token: the token of the flavors pushes when the start
+        body's env has no ``JUPYTERHUB_FLAVORS_UPDATE_TOKEN``.
     :param report_address: after an async start, POST ``{"service": "host:port"}`` to the
         service's ``JUPYTERHUB_SETUPTUNNEL_URL`` with its ``JUPYTERHUB_API_TOKEN``, as the
         JupyterHub Outpost does.
@@ -140,6 +152,13 @@ class ReferenceOutpost:
         report_address: bool = True,
         list_extras: bool = False,
         allow_override: tuple[str, ...] | list[str] = (),
+        flavors: dict[str, dict] | None = None,
+        flavors_path: str | None = None,
+        user_flavors: Callable[[str, Any], dict | None] | None = None,
+        credits: dict | None = None,
+        user_credits: Callable[[str, Any], dict] | None = None,
+        max_per_user: int | None = None,
+        flavors_update_token: str | None = None,
     ) -> None:
         if backend not in ("process", "inprocess"):
             raise ValueError(f"backend must be 'process' or 'inprocess', not {backend!r}")
@@ -156,6 +175,16 @@ class ReferenceOutpost:
         self.report_address = report_address
         self.list_extras = list_extras
         self.allow_override = frozenset(allow_override)
+        self.flavors = Flavors(
+            configured_flavors(flavors, flavors_path),
+            user_flavors=user_flavors,
+            credits=credits,
+            user_credits=user_credits,
+            max_per_user=max_per_user,
+        )
+        self.flavors_update_token = flavors_update_token
+        #: ``(url, status, body)`` of each flavors push made
+        self.flavor_pushes: list[tuple[str, int, dict]] = []
         #: seconds between SIGTERM and SIGKILL when stopping a service
         self.stop_timeout = 5.0
         #: upper bound for a "hang" fault
@@ -217,6 +246,8 @@ class ReferenceOutpost:
                 (r"/ping/?", PingHandler, args),
                 (r"/flavors/?", FlavorsHandler, args),
                 (r"/userflavors/?", FlavorsHandler, args),
+                (r"/credits/?", CreditsHandler, args),
+                (r"/usercredits/?", CreditsHandler, args),
                 (r"/services/?", ServicesHandler, args),
                 (r"/services/([^/]+)/([^/]+)/?", ServiceHandler, args),
                 (r"/_faults/?", FaultsHandler, args),
@@ -355,6 +386,7 @@ class ReferenceOutpost:
                 record.logs = [f"inprocess service listening on {record.address}"]
         self.services[key] = record
         record.start_task = self._spawn(self._run_start(record, crash), f"start-{record.name}")
+        self._end_at_runtime(record)
         log.info("outpost: starting service %s of hub %s on %s", record.name, hub, record.address)
         return record
 
@@ -414,6 +446,48 @@ class ReferenceOutpost:
             record.error = spawner_error(str(e), cls=type(e).__name__, tb=traceback.format_exc())
             if proc is None and record.exit_status is None:
                 record.exit_status = 1
+
+    def push_flavors(self, record: ServiceRecord) -> None:
+        """POST the flavors' usage to the record's ``JUPYTERHUB_FLAVORS_UPDATE_URL``
+        (in the background); no URL, no push."""
+        env = record.body.get("env") or {}
+        url = env.get("JUPYTERHUB_FLAVORS_UPDATE_URL")
+        if not self.flavors.enabled or not url:
+            return
+        token = env.get("JUPYTERHUB_FLAVORS_UPDATE_TOKEN") or self.flavors_update_token
+        body = self.flavors.with_current(self.flavors.flavors, self.services.values())
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"token {token}"
+        request = HTTPRequest(
+            str(url), method="POST", headers=headers, body=json.dumps(body), request_timeout=10
+        )
+
+        async def push() -> None:
+            try:
+                response = await AsyncHTTPClient().fetch(request, raise_error=False)
+            except OSError as e:
+                log.warning("outpost: flavors push to %s failed: %s", url, e)
+                return
+            self.flavor_pushes.append((str(url), response.code, body))
+
+        self._spawn(push(), f"flavors-push-{record.name}")
+
+    def _end_at_runtime(self, record: ServiceRecord) -> None:
+        seconds = self.flavors.runtime_of(record.hub, record.body)
+        if seconds is None:
+            return
+        record.end_date = record.created + seconds
+
+        async def expire() -> None:
+            await asyncio.sleep(seconds)
+            if self.services.get((record.hub, record.name)) is record:
+                log.info("outpost: service %s reached its flavor's runtime", record.name)
+                self.services.pop((record.hub, record.name), None)
+                self.push_flavors(record)
+                await self._teardown(record)
+
+        self._spawn(expire(), f"runtime-{record.name}")
 
     async def _report_address(self, record: ServiceRecord) -> None:
         """Tell the Hub where an async start's service is (the setuptunnel callback)."""

@@ -82,6 +82,8 @@ class ServiceRecord:
     #: HTTP status of the setuptunnel callback after an async start, if one was made
     address_reported: int | None = None
     created: float = field(default_factory=time.time)
+    #: when the Outpost stops the service (its flavor's ``runtime``), else ``None``
+    end_date: float | None = None
 
     @property
     def address(self) -> str:
