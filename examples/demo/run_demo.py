@@ -210,6 +210,7 @@ class Demo:
             launcher,
             "--port",
             "0",
+            "--list-extras",  # the check compares the proxy's target with the addresses
             "--command",
             shlex.join(singleuser),
             "--log-file-dir",

@@ -60,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--service-host", default="127.0.0.1", help="host services bind and report")
     p.add_argument("--log-file-dir", help="directory for service logs (default: a temporary one)")
+    p.add_argument(
+        "--list-extras",
+        action="store_true",
+        help="an extension: the service list also gives each service's address and status",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     args = p.parse_args(argv)
     try:
@@ -84,6 +89,7 @@ async def run(args: argparse.Namespace) -> None:
         start_delay=args.start_delay,
         service_host=args.service_host,
         log_file_dir=args.log_file_dir,
+        list_extras=args.list_extras,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
