@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 from copy import deepcopy
@@ -11,9 +12,11 @@ from typing import Any
 from jupyterhub.utils import url_escape_path
 from tornado.httpclient import HTTPRequest
 from tornado.httputil import url_concat
+from traitlets import default
 
 from . import hooks
 from .errors import HookError, OutpostError, OutpostSpawnError
+from .flavors import form as flavor_form
 from .flavors import spawn as flavor_checks
 from .flavors.service import authentication
 from .forward import ForwardBaseSpawner
@@ -50,6 +53,10 @@ def _read_text(path: str) -> str:
         return f.read()
 
 
+def _outpost_applies(spawner: Any, user_options: dict) -> None:
+    """``apply_user_options`` of an OutpostSpawner: nothing to do on the Hub."""
+
+
 class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
     """A JupyterHub spawner that starts servers on remote systems through a
     JupyterHub Outpost service."""
@@ -63,6 +70,25 @@ class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
         self._client = None
         self._poll_request: tuple | None = None
         self._remote_started = False
+        flavor_checks.begin(self)
+
+    @default("apply_user_options")
+    def _sent_to_the_outpost(self):
+        # the start body carries user_options to the Outpost, whose spawner applies them
+        return _outpost_applies
+
+    @default("options_form")
+    def _flavors_form(self):
+        return flavor_form.options_form
+
+    async def run_options_from_form(self, form_data: dict) -> dict:
+        """``options_from_form`` on the form's fields, plus the flavor chosen in
+        the flavors form (``system``, ``flavor``) when the form has one."""
+        form_data, choice = flavor_form.take_choice(self, form_data)
+        options = super().run_options_from_form(form_data)
+        if inspect.isawaitable(options):
+            options = await options
+        return {**options, **choice} if choice else options
 
     @property
     def outpost_name(self) -> str:
@@ -154,6 +180,7 @@ class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
         if self.check_allowed:
             await hooks.resolve(self, "check_allowed", user_options=uo, show_errors=True)
         await flavor_checks.check_start(self, uo)
+        flavor_checks.usage_changed(self)
         body = await self._start_body(uo)
         url, headers, kwargs = await self._request_settings()
         if self.request_kwargs_start is not None:
@@ -366,6 +393,12 @@ class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
         if not self._remote_started:
             return
         self._remote_started = False
+        try:
+            await self._send_stop()
+        finally:
+            flavor_checks.usage_changed(self)
+
+    async def _send_stop(self) -> None:
         try:
             url, headers, kwargs = await self._service_url(self.collect_logs)
             headers = dict(headers)

@@ -173,18 +173,18 @@ def test_form_shows_usage_escapes_and_disables_what_is_full():
     assert render(spawner, {}) == ""
 
 
-def test_options_from_form():
-    from outpostspawner.flavors.form import FIELD, options_from_form
+def test_the_choice_is_taken_off_the_form():
+    from outpostspawner.flavors.form import FIELD, take_choice
 
     spawner = _Spawner(_User())
-    assert options_from_form({FIELD: ["hpc/gpu"], "note": ["x"]}, spawner=spawner) == {
-        "system": "hpc",
-        "flavor": "gpu",
-        "note": "x",
-    }
-    for bad in ("gpu", "/gpu", "hpc/<b>", "hpc/"):
+    assert take_choice(spawner, {FIELD: ["hpc/gpu"], "note": ["x"]}) == (
+        {"note": ["x"]},
+        {"system": "hpc", "flavor": "gpu"},
+    )
+    assert take_choice(spawner, {"note": ["x"]}) == ({"note": ["x"]}, {})
+    for bad in (["gpu"], ["/gpu"], ["hpc/<b>"], ["hpc/"], ["hpc/a", "hpc/b"]):
         with pytest.raises(ValueError):
-            options_from_form({FIELD: [bad]}, spawner=spawner)
+            take_choice(spawner, {FIELD: bad})
 
 
 async def test_a_system_that_is_not_a_name_is_left_to_the_outpost():
@@ -200,3 +200,41 @@ async def test_a_system_that_is_not_a_name_is_left_to_the_outpost():
     assert spawn.start_env(spawner, options, "http://hub/api") == {
         "JUPYTERHUB_FLAVORS_UPDATE_URL": "http://hub/api/outpostflavors/hpc"
     }
+
+
+async def test_the_spawner_adds_the_flavor_chosen_to_its_options_from_form():
+    from outpostspawner import OutpostSpawner
+    from outpostspawner.flavors.form import FIELD, options_form
+
+    spawner = OutpostSpawner()
+    assert spawner.options_form is options_form  # the flavors form unless configured
+    form = {FIELD: ["hpc/gpu"], "memory": ["4"]}
+    assert await spawner.run_options_from_form(form) == {
+        "memory": ["4"],  # JupyterHub's passthrough for the other fields
+        "system": "hpc",
+        "flavor": "gpu",
+    }
+    spawner.options_from_form = "simple"
+    assert await spawner.run_options_from_form(form) == {
+        "memory": "4",  # "simple": single values as strings
+        "system": "hpc",
+        "flavor": "gpu",
+    }
+
+    async def custom(form_data, spawner):
+        return {"fields": sorted(form_data), "by": type(spawner).__name__}
+
+    spawner.options_from_form = custom
+    assert await spawner.run_options_from_form(form) == {
+        "fields": ["memory"],
+        "by": "OutpostSpawner",
+        "system": "hpc",
+        "flavor": "gpu",
+    }
+    # without the flavors field, exactly what options_from_form returns
+    assert await spawner.run_options_from_form({"memory": ["4"]}) == {
+        "fields": ["memory"],
+        "by": "OutpostSpawner",
+    }
+    with pytest.raises(ValueError, match="Choose one of the flavors"):
+        await spawner.run_options_from_form({FIELD: ["<b>x</b>"]})

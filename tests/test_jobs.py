@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import nbformat
+import psutil
 import pytest
 
 from outpostspawner.jobs import store
@@ -184,6 +188,14 @@ def results_server():
     thread.join(10)
 
 
+def _command(request_body: dict, python: str = sys.executable) -> list[str]:
+    req = parse_job_request(request_body, confine_to_home=True)
+    spec = job_spec(req, "job-test", install_papermill=False, server_command=[])
+    cmd, args = job_command(spec, python=python)
+    assert cmd == JOB_CMD and len(args) == 1
+    return [*cmd, *args]
+
+
 def _run(
     home: Path,
     request_body: dict,
@@ -193,13 +205,14 @@ def _run(
     env: dict | None = None,
     install: bool = False,
 ):
-    req = parse_job_request(request_body, confine_to_home=True)
-    spec = job_spec(req, "job-test", install_papermill=install, server_command=[])
-    cmd, args = job_command(spec, python=python)
-    assert cmd == JOB_CMD and len(args) == 1
     child = {"HOME": str(home), "PATH": path, "LANG": "C.UTF-8", **(env or {})}
     proc = subprocess.run(
-        [*cmd, *args], env=child, cwd=str(home), capture_output=True, text=True, timeout=300
+        _command(request_body, python),
+        env=child,
+        cwd=str(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     return proc, results_from_logs(proc.stdout.splitlines())
 
@@ -249,6 +262,46 @@ def test_runner_runs_notebooks_with_papermill(tmp_path, results_server):
     assert sorted(r["notebook"] for _, r in reports) == sorted(by_name)
     assert last[1] == {"finished": True, "exit_code": 1}
     assert {auth for auth, _ in received} == {"token server-token"}
+
+
+@pytest.mark.slow
+def test_a_stopped_runner_leaves_no_papermill_and_no_kernel(tmp_path):
+    """The Outpost stops a job's service by signalling its process group; papermill
+    runs in a group of its own and its kernel in another: both end with the job."""
+    home = tmp_path / "home"
+    started = tmp_path / "started"
+    # the kernel is idle in its cell (writing nothing) when the job is stopped
+    write_notebook(
+        home / "sleep.ipynb", f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(600)"
+    )
+    proc = subprocess.Popen(
+        _command({"user_options": {"option": "x"}}),
+        env={"HOME": str(home), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        cwd=str(home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert time.monotonic() < deadline, "the notebook did not start"
+            assert proc.poll() is None, "the runner ended early"
+            time.sleep(0.5)
+        time.sleep(1)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert any("ipykernel" in " ".join(p.cmdline()) for p in children), children
+        os.killpg(proc.pid, signal.SIGTERM)  # as the Outpost stops a service
+        assert proc.wait(30) is not None
+        _, alive = psutil.wait_procs(children, timeout=15)
+        assert alive == [], [p.cmdline() for p in alive]
+    finally:
+        for p in [*children, psutil.Process(proc.pid) if proc.poll() is None else None]:
+            if p is not None and p.is_running():
+                p.kill()
+        proc.wait(10)
 
 
 def test_runner_without_papermill_names_it(tmp_path):

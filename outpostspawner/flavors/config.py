@@ -29,12 +29,14 @@ class OutpostFlavors(Configurable):
 
     outposts = Dict(
         help="""System name -> ``{"url": <the Outpost's base URL>, "headers": {...},
-        "request_kwargs": {...}, "user_flavors": bool, "credits": bool}``. ``url`` is
+        "request_kwargs": {...}, "user_flavors": bool, "credits": bool,
+        "display_name": str}``. ``url`` is
         the Outpost's root (``/flavors/``, ``/userflavors``, ``/credits/`` and
         ``/usercredits`` are appended). ``headers`` default to
         ``c.OutpostSpawner.request_headers`` when that is a dict. ``user_flavors``
         (default true): ask ``POST /userflavors`` for each user's flavors;
-        ``credits`` (default false): read credits too. When empty, the existing
+        ``credits`` (default false): read credits too. ``display_name``: the
+        system's title in the spawn form (default its name). When empty, the existing
         implementation's ``OUTPOST_FLAVOR_INITIAL_SYSTEM_NAMES``/``_URLS``/``_TOKENS``
         environment variables are read (URLs of ``/flavors/``, tokens for Basic auth).""",
     ).tag(config=True)

@@ -1,13 +1,12 @@
 """The default spawn form: the systems and their flavors, with usage and limits.
 
-Set ``c.OutpostSpawner.options_form`` to :func:`options_form`, which shows the
-flavors the user sees (nothing, and so no form, when no Outpost reports any);
-full flavors are disabled. :func:`options_from_form` turns the choice into
-``user_options`` (``system``, ``flavor``); other fields of a replaced form pass
-through as JupyterHub's "simple" conversion makes them. Everything from the
-Outposts is HTML-escaped (Jinja2 autoescape). Administrators replace the form
-with their own ``options_form``, or extend it with :data:`TEMPLATE` and
-:func:`render`.
+:func:`options_form` is ``OutpostSpawner.options_form`` unless configured: it
+shows the flavors the user sees (nothing, and so no form, when no Outpost reports
+any), full flavors disabled. The spawner turns the choice into ``user_options``
+(``system``, ``flavor``, see :func:`take_choice`) whatever ``options_from_form``
+does with the other fields. Everything from the Outposts is HTML-escaped (Jinja2
+autoescape). Administrators replace the form with their own ``options_form``, or
+extend it with :func:`render` (the flavors' HTML) inside their own.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ TEMPLATE = """\
 <div class="outpost-flavors">
 {%- for system, flavors in systems %}
   <fieldset class="mb-3">
-    <legend>{{ system }}</legend>
+    <legend>{{ titles.get(system, system) }}</legend>
     {%- for f in flavors %}
     <div class="form-check">
       <input class="form-check-input" type="radio" name="{{ field }}"
@@ -45,7 +44,7 @@ TEMPLATE = """\
 {%- if credits %}
   <div class="outpost-credits small text-muted">
   {%- for system, value in credits %}
-    <div>{{ system }} credits: {{ value }}</div>
+    <div>{{ titles.get(system, system) }} credits: {{ value }}</div>
   {%- endfor %}
   </div>
 {%- endif %}
@@ -95,8 +94,16 @@ def _flavor_entries(spawner: Any, system: str, flavors: dict, prefix: str) -> li
     return entries
 
 
+def _credits_text(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_credits_text(v)}" for k, v in value.items())
+    return str(value)
+
+
 def render(spawner: Any, flavors: dict[str, dict], credits: dict | None = None) -> str:
-    """The form's HTML for these flavors (system -> flavors)."""
+    """The form's HTML for these flavors (system -> flavors) and credits (system
+    -> the Outpost's credits answer)."""
+    credits = credits if isinstance(credits, dict) else {}
     systems = []
     for n, system in enumerate(sorted(flavors)):
         if isinstance(flavors[system], dict) and flavors[system]:
@@ -109,8 +116,15 @@ def render(spawner: Any, flavors: dict[str, dict], credits: dict | None = None) 
         if free:
             free[0]["checked"] = True
             break
-    shown_credits = sorted((credits or {}).items())
-    return _env.from_string(TEMPLATE).render(systems=systems, field=FIELD, credits=shown_credits)
+    shown_credits = [(system, _credits_text(value)) for system, value in sorted(credits.items())]
+    titles = {
+        system: entry["display_name"]
+        for system, entry in flavors_service(spawner.config).outposts().items()
+        if entry["display_name"]
+    }
+    return _env.from_string(TEMPLATE).render(
+        systems=systems, field=FIELD, credits=shown_credits, titles=titles
+    )
 
 
 async def options_form(spawner: Any) -> str:
@@ -121,24 +135,21 @@ async def options_form(spawner: Any) -> str:
     return render(spawner, flavors, credits)
 
 
-def options_from_form(form_data: dict[str, list[str]], spawner: Any = None) -> dict:
-    """``user_options`` from the submitted form: ``{system, flavor}`` for the
-    flavor chosen, other single-valued fields as strings.
+def take_choice(spawner: Any, form_data: dict[str, list[str]]) -> tuple[dict, dict]:
+    """Split the flavor chosen in the form off ``form_data``: ``(the other fields,
+    {system, flavor})`` (an empty dict when the form had no choice). The spawner
+    runs its ``options_from_form`` on the other fields and adds the choice, so a
+    replaced or extended form keeps JupyterHub's conversions.
 
     :raises ValueError: for a choice that cannot be a system and flavor (JupyterHub
         shows it to the user)
     """
-    options: dict[str, Any] = {}
-    for key, values in form_data.items():
-        if key == FIELD:
-            continue
-        options[key] = values[0] if len(values) == 1 else values
-    choice = form_data.get(FIELD)
-    if choice:
-        system, _, flavor = choice[0].rpartition("/")
-        if not system or len(system) > 255 or not NAME.fullmatch(flavor):
-            raise ValueError("Choose one of the flavors shown.")
-        cfg = flavors_service(spawner.config).cfg if spawner is not None else None
-        options[cfg.system_key if cfg else "system"] = system
-        options[cfg.flavor_key if cfg else "flavor"] = flavor
-    return options
+    rest = {k: v for k, v in form_data.items() if k != FIELD}
+    values = form_data.get(FIELD)
+    if not values:
+        return rest, {}
+    system, _, flavor = str(values[0]).rpartition("/")
+    if len(values) != 1 or not system or len(system) > 255 or not NAME.fullmatch(flavor):
+        raise ValueError("Choose one of the flavors shown.")
+    cfg = flavors_service(spawner.config).cfg
+    return rest, {cfg.system_key: system, cfg.flavor_key: flavor}

@@ -1,8 +1,9 @@
 """The Hub's view of the Outposts' flavors and credits (one per Hub process).
 
 Shared flavors come from ``GET /flavors/`` of every configured Outpost: fetched
-when first needed (at the first spawn page, API call or start after the Hub
-started) and then every ``refresh_interval``; an Outpost's push replaces its
+as the Hub creates its first spawner (at its start for the servers still running)
+or when first needed (the first spawn page, flavors request or start), and then
+every ``refresh_interval``; an Outpost's push replaces its
 system's flavors at once. A user's flavors and credits come from
 ``POST /userflavors`` / ``/usercredits`` with the user's authentication, kept for
 ``user_ttl``; without an answer, ``auth_state["outpost_flavors"]`` (set by a
@@ -48,6 +49,7 @@ class FlavorsService:
         #: system -> credits of the Hub
         self.credits: dict[str, dict] = {}
         self._fetched = 0.0
+        self._first_done = False
         self._refresh: asyncio.Task | None = None
         self._periodic: asyncio.Task | None = None
         #: (user, system, kind) -> (expires, value)
@@ -75,6 +77,7 @@ class FlavorsService:
                 "request_kwargs": dict(entry.get("request_kwargs") or {}),
                 "user_flavors": entry.get("user_flavors", True) is not False,
                 "credits": bool(entry.get("credits", False)),
+                "display_name": str(entry.get("display_name") or ""),
             }
         return result
 
@@ -106,11 +109,27 @@ class FlavorsService:
         outposts = self.outposts()
         self._fetched = time.monotonic()
         await asyncio.gather(*(self._fetch_system(s, e) for s, e in outposts.items()))
+        self._first_done = True
+
+    def begin(self) -> None:
+        """Start the first fetch and the periodic refresh in the background, unless
+        they run already (for the Hub's first spawner; needs a running loop)."""
+        if not self.cfg.outposts or self._refresh is not None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._refresh = asyncio.create_task(self.refresh())
+        if self._periodic is None and self.cfg.refresh_interval > 0:
+            self._periodic = asyncio.create_task(self._every_interval())
 
     async def ensure(self) -> None:
-        """Fetch when nothing was fetched yet (waiting for it), or in the background
-        when the flavors are older than ``refresh_interval``; start the periodic
-        refresh."""
+        """Fetch when nothing was fetched yet (waiting for it, at most
+        ``request_timeout``), or in the background when the flavors are older than
+        ``refresh_interval``; start the periodic refresh."""
+        if not self.cfg.outposts:
+            return
         if self._refresh is None or (
             self._refresh.done()
             and self.cfg.refresh_interval > 0
@@ -119,7 +138,7 @@ class FlavorsService:
             self._refresh = asyncio.create_task(self.refresh())
         if self._periodic is None and self.cfg.refresh_interval > 0:
             self._periodic = asyncio.create_task(self._every_interval())
-        if not self._fetched or not self._refresh.done():
+        if not self._first_done:
             await asyncio.wait({self._refresh}, timeout=self.cfg.request_timeout + 2)
 
     async def _every_interval(self) -> None:
@@ -196,6 +215,12 @@ class FlavorsService:
         result.update(await self._per_user(*await self._user_args(user), "credits"))
         return result
 
+    def forget(self, name: str) -> None:
+        """Ask again for a user's flavors and credits next time (their usage
+        changed: one of their servers started or stopped, or they logged in)."""
+        for key in [k for k in self._users if k[0] == name]:
+            del self._users[key]
+
     async def at_login(self, auth_model: dict) -> dict:
         """Ask the Outposts for a user's flavors as they log in; see
         :func:`outpostspawner.flavors.post_auth_hook`."""
@@ -207,8 +232,7 @@ class FlavorsService:
             "name": state.get("name") or name,
             "groups": list(auth_model.get("groups") or state.get("groups") or []),
         }
-        for key in [k for k in self._users if k[0] == name]:
-            del self._users[key]  # a new login: ask again
+        self.forget(name)  # a new login: ask again
         return await self._per_user(name, None, body, "flavors")
 
 

@@ -49,6 +49,17 @@ async def check_start(spawner: Any, user_options: dict) -> None:
         raise OutpostSpawnError(reason, reason="flavor", status_code=419)
 
 
+def begin(spawner: Any) -> None:
+    """A spawner was created: the Hub's flavors are fetched if they were not yet."""
+    flavors_service(spawner.config).begin()
+
+
+def usage_changed(spawner: Any) -> None:
+    """A start or stop of the user's server: their per-user flavors (whose
+    ``current`` counts the Outpost reported) are asked again next time."""
+    flavors_service(spawner.config).forget(spawner.user.name)
+
+
 def start_env(spawner: Any, user_options: dict, api_url: str) -> dict[str, str]:
     """``JUPYTERHUB_FLAVORS_UPDATE_URL`` for a configured system (``custom_env`` may
     override it)."""

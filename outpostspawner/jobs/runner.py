@@ -15,6 +15,10 @@ server's ``JUPYTERHUB_API_TOKEN``, then ``{"finished": true, "exit_code": n}``;
 all results are also printed between the lines ``Papermill Job started`` and
 ``Papermill Job completed`` for Outposts that return logs. The exit status is 0
 when every notebook succeeded.
+
+Stopped (``SIGTERM``, ``SIGHUP`` or ``SIGINT``, as an Outpost stops a service),
+the runner ends the notebook's papermill (its kernel follows its parent) and the
+server before it exits: nothing of a cancelled job keeps running.
 """
 
 import importlib.util
@@ -133,9 +137,38 @@ def failed(path, home, code, name, message):
     }
 
 
+#: seconds papermill has after SIGTERM before SIGKILL when the runner stops
+STOP_GRACE = 3
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+class Stopped(Exception):
+    """The runner was told to stop."""
+
+
+def _on_stop(signum, frame):
+    for sig in STOP_SIGNALS:  # one stop at a time: the cleanup is not interrupted
+        signal.signal(sig, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+def end_group(proc, grace=STOP_GRACE):
+    """SIGTERM the process group of ``proc``, SIGKILL it after ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_notebook(command, path, out, parameters, home, timeout):
-    """Run one notebook; on timeout its process group (papermill and the kernel)
-    is killed."""
+    """Run one notebook in papermill, in a process group of its own, killed on
+    timeout or when the runner stops (the kernel exits with its parent)."""
     started = time.time()
     args = [*command, path, out, "--cwd", os.path.dirname(path) or home]
     if parameters:
@@ -155,6 +188,9 @@ def run_notebook(command, path, out, parameters, home, timeout):
         result = failed(path, home, TIMEOUT_CODE, "JobTimeout", "the job's time ran out")
         result["duration"] = round(time.time() - started, 3)
         return result
+    except BaseException:  # the runner stops: papermill too
+        end_group(proc)
+        raise
     output = stdout.decode("utf-8", "replace")[-OUTPUT_TAIL:]
     name, message = first_error(out) if proc.returncode else ("", "")
     if proc.returncode and not name:
@@ -198,7 +234,15 @@ def with_executed_notebook(result, out, limit):
 
 
 def main(argv):
-    spec = json.loads(argv[1])
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _on_stop)
+    try:
+        return run(json.loads(argv[1]))
+    except Stopped as e:
+        return 128 + e.args[0]
+
+
+def run(spec):
     home = os.path.expanduser("~")
     server = None
     if spec.get("server_command"):

@@ -343,6 +343,32 @@ class HubProcess:
             message=lambda: f"server {user}/{server} to stop\n{self.log_tail()}",
         )
 
+    async def progress(
+        self, user: str, token: str, server: str = "", timeout: float = 30
+    ) -> list[dict]:
+        """All events of a server's spawn-progress EventStream until the Hub ends it
+        (after a failed start, the stream opened later shows the failure)."""
+        chunks: list[bytes] = []
+        resp = await self.http.fetch(
+            f"{self.url}/hub/api{self.server_path(user, server)}/progress",
+            headers={"Authorization": f"token {token}", "Accept": "text/event-stream"},
+            streaming_callback=chunks.append,
+            request_timeout=timeout,
+            raise_error=False,
+        )
+        assert resp.code == 200, f"{resp.code} {resp.error}"
+        return [
+            json.loads(line[len("data:") :])
+            for line in b"".join(chunks).decode().splitlines()
+            if line.startswith("data:")
+        ]
+
+    async def failed_message(self, user: str, token: str, server: str = "") -> str:
+        """The message of the failed event a server's progress stream ends with."""
+        events = await self.progress(user, token, server)
+        assert events and events[-1].get("failed"), events
+        return events[-1]["message"]
+
     def services_for(self, user: str) -> list:
         """The Outpost's current service records of a user's servers."""
         return [

@@ -1,7 +1,8 @@
 """End-to-end in a browser: headless Chromium (Debian's ``/usr/bin/chromium``,
 driven by Playwright) logs in on a real JupyterHub, starts a server through the
 spawn form, follows the Outpost's progress on the spawn-pending page and lands
-in the server; a failed start shows the Outpost's error text escaped.
+in the server; a failed start shows the Outpost's error text escaped; the
+default spawn form shows the Outpost's flavors with their usage.
 
 Screenshots of every step go to ``$OUTPOSTSPAWNER_ARTIFACTS/browser/<test>/``
 (default ``test-artifacts/`` in the repository root).
@@ -25,7 +26,8 @@ from playwright.async_api import Page, async_playwright, expect
 
 from outpostspawner.testing import Fault
 
-from .conftest import start_hub, stop_hub
+from . import flavor_setup
+from .conftest import start_hub, stop_hub, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -166,6 +168,20 @@ async def browser_hub(outpost, tmp_path_factory):
         yield hub
     finally:
         await stop_hub(hub)
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def flavors_hub(tmp_path_factory):
+    """A Hub with the default spawn form, asking an Outpost that has flavors."""
+    async with flavor_setup.flavors_outpost(tmp_path_factory.mktemp("flavors-outpost")) as o:
+        hub = await start_hub(
+            tmp_path_factory.mktemp("flavors-hub"), o, extra_config=flavor_setup.HUB_CONFIG
+        )
+        o.flavors_update_token = hub.outpost_service_token
+        try:
+            yield hub
+        finally:
+            await stop_hub(hub)
 
 
 @pytest.fixture
@@ -360,3 +376,65 @@ async def test_failed_start_shows_escaped_outpost_error(
     # the Outpost was asked once and cleaned up
     (start,) = hub.start_requests(user)
     assert hub.outpost.get_service(start.json["name"]) is None
+
+
+async def test_default_form_shows_flavors_with_usage_and_starts_the_one_chosen(
+    flavors_hub, page, shots
+):
+    hub = flavors_hub
+    user = "browser-carol"
+    # another user holds the only server of the flavor "small"
+    await hub.create_user("browser-holder")
+    resp = await hub.api(
+        "POST", hub.server_path("browser-holder"), body=flavor_setup.options("small")
+    )
+    assert resp.code in (201, 202), resp.text
+    await hub.wait_ready("browser-holder")
+    token = await hub.create_user(user)
+
+    async def small_in_use():
+        resp = await hub.api("GET", "/outpostflavors", token=token)
+        return resp.json()[flavor_setup.SYSTEM]["small"]["current"] == 1
+
+    await wait_for(small_in_use, timeout=20, message="the Outpost's push after the start")
+
+    await login(page, hub, user, shots)
+    await page.goto(f"{hub.url}/hub/spawn/{user}")
+    form = page.locator("#spawn_form")
+    await expect(form).to_be_visible(timeout=TIMEOUT_MS)
+    await shots.take(page, "flavors-form")
+    system = flavor_setup.SYSTEM
+    small = page.locator(f'input[value="{system}/small"]')
+    medium = page.locator(f'input[value="{system}/medium"]')
+    short = page.locator(f'input[value="{system}/short"]')
+    await expect(small).to_be_disabled()
+    await expect(medium).to_be_enabled()
+    await expect(medium).to_be_checked()  # the first flavor with room
+    small_label = page.locator(f'label[for="{await small.get_attribute("id")}"]')
+    await expect(small_label).to_contain_text("1 of 1 in use")
+    await expect(small_label).to_contain_text("full")
+    # the Outpost's texts are shown as text, never as markup
+    await expect(small_label).to_contain_text("Small <b>1 CPU</b>")
+    await expect(small_label).to_contain_text("<script>window.__outpost_xss = 1</script>")
+    assert await page.evaluate("() => window.__outpost_xss === undefined")
+    assert await form.locator("b", has_text="1 CPU").count() == 0
+    medium_label = page.locator(f'label[for="{await medium.get_attribute("id")}"]')
+    await expect(medium_label).to_contain_text("0 of 10 in use; 0 of 1 yours")
+    short_label = page.locator(f'label[for="{await short.get_attribute("id")}"]')
+    await expect(short_label).to_contain_text(f"runs at most {flavor_setup.SHORT_RUNTIME} seconds")
+    await expect(form.locator("legend")).to_have_text(flavor_setup.TITLE)
+    await expect(form.locator(".outpost-credits")).to_contain_text(f"{flavor_setup.TITLE} credits")
+    await expect(form.locator(".outpost-credits")).to_contain_text("hours: 5")
+
+    await medium.check()
+    await page.click("#spawn_form button[type=submit]")
+    await page.wait_for_url(re.compile(rf"/user/{user}/"), timeout=TIMEOUT_MS)
+    await shots.take(page, "flavor-server")
+    (start,) = hub.start_requests(user)
+    sent = start.json["user_options"]
+    assert (sent["system"], sent["flavor"]) == (system, "medium")
+
+    for name in (user, "browser-holder"):
+        resp = await hub.api("DELETE", hub.server_path(name))
+        assert resp.code in (202, 204), resp.text
+        await hub.wait_stopped(name)

@@ -4,7 +4,6 @@ with the reference Outpost in between."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -145,24 +144,6 @@ async def test_default_and_named_server(hub, outpost_settings):
     assert resp.code != 200
 
 
-async def read_progress(hub, user: str, token: str, timeout: float = 30) -> list[dict]:
-    """All events of the spawn-progress EventStream until the Hub ends it."""
-    chunks: list[bytes] = []
-    resp = await hub.http.fetch(
-        f"{hub.url}/hub/api/users/{user}/server/progress",
-        headers={"Authorization": f"token {token}", "Accept": "text/event-stream"},
-        streaming_callback=chunks.append,
-        request_timeout=timeout,
-        raise_error=False,
-    )
-    assert resp.code == 200, f"{resp.code} {resp.error}"
-    events = []
-    for line in b"".join(chunks).decode().splitlines():
-        if line.startswith("data:"):
-            events.append(json.loads(line[len("data:") :]))
-    return events
-
-
 async def test_failed_start_shows_escaped_error(hub, outpost_settings):
     user = "e2e-fail"
     token = await hub.create_user(user)
@@ -172,7 +153,7 @@ async def test_failed_start_shows_escaped_error(hub, outpost_settings):
     # keep the start pending for a moment, so the page's event stream is open
     resp = await hub.api("POST", hub.server_path(user), body={"e2e_delay": 2})
     assert resp.code == 202, resp.text
-    events = await read_progress(hub, user, token)
+    events = await hub.progress(user, token)
     failed = [e for e in events if e.get("failed")]
     assert failed, events
     final = failed[-1]
@@ -184,7 +165,7 @@ async def test_failed_start_shows_escaped_error(hub, outpost_settings):
 
     # the stream opened after the failure shows it too
     await hub.wait_stopped(user)
-    events = await read_progress(hub, user, token)
+    events = await hub.progress(user, token)
     assert events and events[-1]["failed"], events
     assert "quota &lt;b&gt;exceeded" in events[-1]["html_message"]
 

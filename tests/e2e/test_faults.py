@@ -10,7 +10,6 @@ tests: each test checks that it is reachable before and after its fault.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 from dataclasses import dataclass
@@ -197,31 +196,6 @@ def polls(outpost: ReferenceOutpost, name: str, since: float = 0.0) -> list:
     ]
 
 
-async def progress_events(hub: HubProcess, user: str, token: str) -> list[dict]:
-    """The events of the user's spawn-progress stream until the Hub ends it."""
-    chunks: list[bytes] = []
-    resp = await hub.http.fetch(
-        f"{hub.url}/hub/api/users/{quote(user)}/server/progress",
-        headers={"Authorization": f"token {token}", "Accept": "text/event-stream"},
-        streaming_callback=chunks.append,
-        request_timeout=15,
-        raise_error=False,
-    )
-    assert resp.code == 200, f"{resp.code} {resp.error}"
-    return [
-        json.loads(line[len("data:") :])
-        for line in b"".join(chunks).decode().splitlines()
-        if line.startswith("data:")
-    ]
-
-
-async def failed_spawn_message(hub: HubProcess, user: str, token: str) -> str:
-    """The message of the failed event the user's progress page ends with."""
-    events = await progress_events(hub, user, token)
-    assert events and events[-1].get("failed"), events
-    return events[-1]["message"]
-
-
 async def assert_nothing_left(hub: HubProcess, user: str, forwards: set[int]) -> None:
     """No Outpost entry, no proxy route and no forward beyond ``forwards``."""
     assert hub.services_for(user) == []
@@ -257,7 +231,7 @@ async def test_outpost_down_keeps_running_servers_and_fails_new_spawns(ssh_hub, 
         assert resp.code == 202, resp.text
         await hub.wait_stopped(user, timeout=30)
         assert time.monotonic() - down_at < 30
-        message = await failed_spawn_message(hub, user, token)
+        message = await hub.failed_message(user, token)
         assert "The Outpost could not be reached (start)" in message, message
 
         # the running server stays up (the Outpost is not in its data path) ...
@@ -329,7 +303,7 @@ async def test_start_answered_with_garbage(ssh_hub, outpost_settings, answer, me
     assert resp.code == 202, resp.text
     await hub.wait_stopped(user, timeout=20)
     assert fault.hits == 1
-    shown = await failed_spawn_message(hub, user, token)
+    shown = await hub.failed_message(user, token)
     assert message in shown, shown
 
     # one start request, and the best-effort stop of whatever it may have created
