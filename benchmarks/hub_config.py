@@ -62,3 +62,33 @@ c.OutpostSpawner.request_url = s["outpost_url"]
 c.OutpostSpawner.request_headers = {"Authorization": f"Basic {basic}"}
 c.OutpostSpawner.ssh_during_startup = False  # direct: the Outpost's answer is reachable
 c.OutpostSpawner.custom_poll_interval = int(float(s["poll_interval"]) * 1000)  # milliseconds
+
+if s.get("poll_batch_window") is not None:  # "ours-batched": the polling as it was
+    c.OutpostSpawner.poll_batch_window = float(s["poll_batch_window"])
+
+# --- the event loop's lag, for the steady window's figures ----------------------------
+# JupyterHub loads this file inside its running event loop. A 10 ms timer measures how
+# late the loop runs it; once a second the samples are appended to lag.jsonl (a few
+# hundred bytes), which run.py reads for its measuring windows. The same probe runs in
+# the Hub of every package.
+if s.get("lag_file"):
+    import asyncio
+    import time
+
+    _lag_out = open(s["lag_file"], "a", buffering=1)  # noqa: SIM115 - open while the Hub runs
+
+    async def _lag_probe(out, interval=0.01):
+        loop = asyncio.get_running_loop()
+        samples = []
+        flushed = time.time()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(interval)
+            samples.append(round(max(0.0, loop.time() - t - interval) * 1000, 3))
+            now = time.time()
+            if now - flushed >= 1:
+                line = json.dumps({"t": now, "lag_ms": samples}) + "\n"
+                await asyncio.to_thread(out.write, line)
+                samples, flushed = [], now
+
+    _lag_task = asyncio.get_running_loop().create_task(_lag_probe(_lag_out))

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -68,6 +69,14 @@ PACKAGES = {
     "ours": "outpostspawner (this repository)",
     "theirs": f"{THEIRS_PACKAGE} {THEIRS_VERSION} (PyPI, as installed by pip)",
     "theirs-pycurl": f"{THEIRS_PACKAGE} {THEIRS_VERSION} (PyPI) plus pycurl",
+    "ours-batched": "outpostspawner (this repository), poll_batch_window = 0.05: polls "
+    "batched into passes every 50 ms, as before they were spread",
+}
+#: the packages measured for --package <group>
+GROUPS = {
+    "both": ["ours", "theirs"],
+    "all": ["ours", "theirs", "theirs-pycurl"],
+    "polling": ["ours", "ours-batched", "theirs"],
 }
 
 
@@ -255,21 +264,23 @@ async def run_cmd(cmd: list[str], *, log_path: Path, timeout: float, env=None) -
 
 
 async def capture(cmd: list[str], timeout: float = 60) -> str:
+    """A command's standard output (its warnings on stderr are no part of it)."""
     proc = await asyncio.create_subprocess_exec(
         *cmd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE,
         start_new_session=True,
     )
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except asyncio.TimeoutError:
         raise BenchError(f"{' '.join(cmd[:3])} did not finish in {timeout:.0f}s") from None
     finally:
         await end_process(proc, cmd[0], timeout=5)
     if proc.returncode != 0:
-        raise BenchError(f"{' '.join(cmd[:3])} failed: {out.decode(errors='replace')[-2000:]}")
+        text = (out + err).decode(errors="replace")[-2000:]
+        raise BenchError(f"{' '.join(cmd[:3])} failed: {text}")
     return out.decode()
 
 
@@ -533,6 +544,12 @@ class Run:
             "outpost_password": self.password,
             "poll_interval": self.args.poll_interval,
             "log_level": self.args.hub_log_level,
+            "lag_file": str(self.dir / "lag.jsonl"),
+            "poll_batch_window": 0.05
+            if self.env.package == "ours-batched"
+            else self.args.poll_batch_window
+            if self.env.package == "ours"
+            else None,
         }
         settings_path = self.dir / "settings.json"
         await asyncio.to_thread(_write_private, settings_path, json.dumps(settings))
@@ -811,11 +828,61 @@ class Run:
     def load_meter(self) -> LoadMeter:
         return LoadMeter([self.hub_ps, self.chp_ps, self.outpost_ps, psutil.Process()])
 
+    async def api_latency(self, seconds: float, interval: float = 0.05) -> dict[str, Any]:
+        """``GET /hub/api`` every ``interval`` over ``seconds``, one at a time on a
+        kept-alive connection, as a client of the Hub's API feels it."""
+        times: list[float] = []
+        errors = 0
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                tic = time.perf_counter()
+                try:
+                    async with http.get(self.api, timeout=timeout) as r:
+                        await r.read()
+                        ok = r.status == 200
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    ok = False
+                took = time.perf_counter() - tic
+                if ok:
+                    times.append(1000 * took)
+                else:
+                    errors += 1
+                await asyncio.sleep(max(0.0, interval - took))
+        return {
+            "api_requests": len(times),
+            "api_errors": errors,
+            "api_p50_ms": rnd(percentile(times, 0.5), 3),
+            "api_p95_ms": rnd(percentile(times, 0.95), 3),
+            "api_max_ms": rnd(max(times), 3) if times else None,
+        }
+
+    async def loop_lag(self, since: float, until: float) -> dict[str, Any]:
+        """The Hub's event-loop lag between two wall-clock times (``lag.jsonl``)."""
+        text = (await asyncio.to_thread(_read_bytes, self.dir / "lag.jsonl")).decode()
+        samples: list[float] = []
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                entry = json.loads(line)
+                if since <= entry["t"] - 1 and entry["t"] <= until:
+                    samples.extend(entry["lag_ms"])
+        return {
+            "lag_samples": len(samples),
+            "lag_p50_ms": rnd(percentile(samples, 0.5), 3),
+            "lag_p95_ms": rnd(percentile(samples, 0.95), 3),
+            "lag_max_ms": rnd(max(samples), 3) if samples else None,
+        }
+
     async def steady_state(self) -> None:
         await asyncio.sleep(self.args.settle)
         outpost_log = self.dir / "outpost.log"
         off0 = await asyncio.to_thread(_file_size, outpost_log)
-        cpu = await self.sample_cpu(self.args.cpu_seconds)
+        since = time.time()
+        cpu, api = await asyncio.gather(
+            self.sample_cpu(self.args.cpu_seconds), self.api_latency(self.args.cpu_seconds)
+        )
+        lag = await self.loop_lag(since, time.time())
         off1 = await asyncio.to_thread(_file_size, outpost_log)
         chunk = await asyncio.to_thread(_read_bytes, outpost_log, off0, off1)
         polls: dict[str, int] = {}
@@ -828,6 +895,8 @@ class Run:
                 rss = self.hub_ps.memory_info().rss / 2**20
         self.result.steady = {
             **cpu,
+            **api,
+            **lag,
             "settle_s": self.args.settle,
             "outpost_polls": polls,
             "outpost_polls_per_s": rnd(sum(polls.values()) / cpu["window_s"], 1)
@@ -847,7 +916,8 @@ class Run:
                 s.failed = "stopped while it was polled"
         log(
             f"{self.env.package}: Hub CPU {cpu['hub_cpu_percent']}% over {cpu['window_s']}s, "
-            f"{self.result.steady['outpost_polls_per_s']} polls/s at the Outpost, {len(lost)} lost"
+            f"{self.result.steady['outpost_polls_per_s']} polls/s at the Outpost, {len(lost)} lost; "
+            f"API p95 {api['api_p95_ms']} ms, loop lag p95 {lag['lag_p95_ms']} ms"
         )
 
     async def stop_all(self) -> None:
@@ -1060,6 +1130,12 @@ METRICS = {
     "proxy_cpu_percent": ("steady", "proxy_cpu_percent"),
     "outpost_cpu_percent": ("steady", "outpost_cpu_percent"),
     "hub_rss_mib": ("steady", "hub_rss_mib"),
+    "api_p50_ms": ("steady", "api_p50_ms"),
+    "api_p95_ms": ("steady", "api_p95_ms"),
+    "api_max_ms": ("steady", "api_max_ms"),
+    "lag_p50_ms": ("steady", "lag_p50_ms"),
+    "lag_p95_ms": ("steady", "lag_p95_ms"),
+    "lag_max_ms": ("steady", "lag_max_ms"),
     "other_cpu_percent_spawn": ("spawn", "other_cpu_percent"),
     "other_cpu_percent_steady": ("steady", "other_cpu_percent"),
     "all_stopped_s": ("stop", "all_stopped_s"),
@@ -1164,6 +1240,10 @@ def table(summary: dict[str, dict[str, Any]], cmp: dict[str, Any]) -> str:
         ("proxy / Outpost CPU (% of a core)", lambda s: "{} / {}".format(
             metric("proxy_cpu_percent")(s), metric("outpost_cpu_percent")(s))),
         ("Hub RSS (MiB)", metric("hub_rss_mib")),
+        ("Hub API while polling, p50 / p95 / max (ms)", lambda s: "{} / {} / {}".format(
+            metric("api_p50_ms")(s), metric("api_p95_ms")(s), metric("api_max_ms")(s))),
+        ("Hub event-loop lag while polling, p50 / p95 / max (ms)", lambda s: "{} / {} / {}".format(
+            metric("lag_p50_ms")(s), metric("lag_p95_ms")(s), metric("lag_max_ms")(s))),
         ("other processes' CPU, spawn / steady (%)", lambda s: "{} / {}".format(
             metric("other_cpu_percent_spawn")(s), metric("other_cpu_percent_steady")(s))),
         ("runs in the medians (disturbed runs left out)", lambda s: "{} ({})".format(
@@ -1212,9 +1292,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, help="servers to start (default 300, 30 with --quick)")
     p.add_argument(
         "--package",
-        choices=("ours", "theirs", "theirs-pycurl", "both", "all"),
+        choices=(*PACKAGES, *GROUPS),
         default="both",
-        help="what to measure: both = ours and theirs; all adds theirs with pycurl (default %(default)s)",
+        help="what to measure: both = ours and theirs; all adds theirs with pycurl; "
+        "polling = ours, ours-batched and theirs (default %(default)s)",
     )
     p.add_argument("--quick", action="store_true", help="a fast check: n=30, shorter windows")
     p.add_argument(
@@ -1222,6 +1303,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--start-delay", type=float, default=1.0, help="Outpost start delay, s")
     p.add_argument("--poll-interval", type=float, default=1.0, help="server poll interval, s")
+    p.add_argument(
+        "--poll-batch-window",
+        type=float,
+        help="poll_batch_window for ours (default: the package's own)",
+    )
     p.add_argument("--cpu-seconds", type=float, default=20.0, help="CPU measuring window, s")
     p.add_argument(
         "--settle", type=float, default=5.0, help="wait after all-ready before measuring, s"
@@ -1288,16 +1374,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def main_async(args: argparse.Namespace) -> int:
     work = Path(args.work)
     await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
-    wanted = {
-        "both": ["ours", "theirs"],
-        "all": ["ours", "theirs", "theirs-pycurl"],
-    }.get(args.package, [args.package])
+    wanted = GROUPS.get(args.package, [args.package])
     ours = await ours_env(args.python)
     jh_version = args.jupyterhub_version or ours.versions.get("jupyterhub", "6.1.1")
     envs = []
     for name in wanted:
         if name == "ours":
             envs.append(ours)
+        elif name == "ours-batched":
+            envs.append(dataclasses.replace(ours, package=name))
         else:
             envs.append(await theirs_env(work, jh_version, pycurl=name == "theirs-pycurl"))
     for env in envs:

@@ -160,7 +160,8 @@ class ForwardBaseSpawner(
     def start_polling(self) -> None:
         """Poll every ``custom_poll_interval`` milliseconds when one was resolved
         for this start, else every ``poll_interval`` seconds; ``poll_jitter``
-        applies. All servers share one timer (``poll_batch_window``)."""
+        applies. All servers share one timer that spreads their polls over the
+        interval (see :mod:`outpostspawner.polling` and ``poll_batch_window``)."""
         if self._poll_interval_ms:
             interval = self._poll_interval_ms / 1000
         else:
@@ -169,20 +170,17 @@ class ForwardBaseSpawner(
             self.log.debug("%s: not polling", self._log_name)
             return
         self.stop_polling()
-        if self.poll_batch_window > 0:
-            try:
-                scheduler = polling.get_scheduler(self.poll_batch_window)
-            except RuntimeError:  # no running event loop: tornado's timer below
-                pass
-            else:
-                self._poll_callback = scheduler.add(
-                    self.poll_and_notify, interval, self.poll_jitter
-                )
-                return
-        self._poll_callback = PeriodicCallback(
-            self.poll_and_notify, 1e3 * interval, jitter=self.poll_jitter
+        try:
+            scheduler = polling.get_scheduler(self.poll_batch_window)
+        except RuntimeError:  # no running event loop: tornado's timer
+            self._poll_callback = PeriodicCallback(
+                self.poll_and_notify, 1e3 * interval, jitter=self.poll_jitter
+            )
+            self._poll_callback.start()
+            return
+        self._poll_callback = scheduler.add(
+            self.poll_and_notify, interval, self.poll_jitter, key=f"{self.user.id}/{self.name}"
         )
-        self._poll_callback.start()
 
     # --- environment -----------------------------------------------------------
 
