@@ -19,22 +19,20 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.timeout(300)
 def test_spawn_benchmark_smoke_run(tmp_path):
     results = tmp_path / "results.json"
+    options = {
+        "--n": "5",
+        "--package": "ours",
+        "--cpu-seconds": "3",
+        "--settle": "1",
+        "--idle-seconds": "1",
+        "--max-other-load": "1000",  # the tests' own processes are not a disturbance
+        "--retries": "0",
+        "--quiet-timeout": "1",
+        "--work": str(tmp_path / "work"),
+        "--results": str(results),
+    }
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "run.py"),
-            "--quick",
-            "--n", "5",
-            "--package", "ours",
-            "--cpu-seconds", "3",
-            "--settle", "1",
-            "--idle-seconds", "1",
-            "--max-other-load", "1000",
-            "--retries", "0",
-            "--quiet-timeout", "1",
-            "--work", str(tmp_path / "work"),
-            "--results", str(results),
-        ],  # fmt: skip
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", *sum(options.items(), ())],
         capture_output=True,
         text=True,
         timeout=280,
