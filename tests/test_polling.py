@@ -94,9 +94,9 @@ async def test_one_turn_starts_at_most_a_few_polls():
         for handle in handles:
             handle.stop()
         scheduler.close()
-    assert len(seen) == 20
+    assert len(seen) in (20, 40)  # every server once, twice when its phase was close to now
     per_turn = [seen.count(t) for t in set(seen)]
-    assert max(per_turn) <= POLLS_PER_TURN and len(per_turn) >= 20 / POLLS_PER_TURN
+    assert max(per_turn) <= POLLS_PER_TURN and len(per_turn) >= len(seen) / POLLS_PER_TURN
 
 
 async def test_a_window_batches_due_polls_into_one_pass():
