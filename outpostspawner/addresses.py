@@ -40,7 +40,7 @@ def is_valid_host(host: str) -> bool:
     except ValueError:
         pass
     name = host[:-1] if host.endswith(".") else host
-    return all(_LABEL.match(label) for label in name.split("."))
+    return all(_LABEL.fullmatch(label) for label in name.split("."))
 
 
 def parse_service_address(value: object) -> ServiceAddress:

@@ -19,7 +19,7 @@ def dns_safe(name: str) -> str:
     are; any other name is reduced to letters, digits and single ``-`` and gets a
     hash of the original appended, so distinct names stay distinct.
     """
-    if not name or (_VALID.match(name) and "--" not in name):
+    if not name or (_VALID.fullmatch(name) and "--" not in name):
         return name
     digest = hashlib.sha256(name.encode("utf8")).hexdigest()[:8]
     base = _INVALID_RUN.sub("-", name.lower()).strip("-")[:20].strip("-")

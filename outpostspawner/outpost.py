@@ -3,8 +3,10 @@
 One client per event loop, shared by every spawner: libcurl keeps connections to
 each Outpost alive between requests, and two semaphores bound how many requests
 run at once, starts apart from polls and stops so that slow starts never delay
-the polls of running servers. (The polls themselves come in batches from one
-timer for all servers: :mod:`outpostspawner.polling`.)
+the polls of running servers. A request the caller sends again and again (a
+server's poll) is set up once on a libcurl handle of its own
+(:mod:`outpostspawner.curl`). The polls themselves are spread over each interval
+by one timer for all servers: :mod:`outpostspawner.polling`.
 """
 
 from __future__ import annotations
@@ -12,15 +14,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
+from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 
 from . import metrics
+from .curl import CurlDriver, PreparedRequest, prepare
 from .errors import OutpostError
 
 _log = logging.getLogger(__name__)
@@ -62,6 +68,36 @@ def debug_enabled(log: logging.Logger | logging.LoggerAdapter) -> bool:
             current = current.parent
     _debug_checked[id(logger)] = (now + _DEBUG_CHECK_EVERY, enabled)
     return enabled
+
+
+class _RedactCurlLog(logging.Filter):
+    """Keep credentials out of tornado's curl log.
+
+    At debug level tornado's curl client logs every request's URL and libcurl's
+    verbose output, request headers included: the Hub's ``Authorization`` for the
+    Outpost would reach any handler that takes ``tornado.curl_httpclient``'s debug
+    records. Header values of credentials, user info and queries of URLs are
+    replaced."""
+
+    _HEADER = re.compile(
+        r"^([<>]\s*(?:authorization|proxy-authorization|cookie|set-cookie)\s*:).*$",
+        re.IGNORECASE | re.MULTILINE,
+    )
+    _USERINFO = re.compile(r"(https?://)[^/\s@]*@", re.IGNORECASE)
+    _QUERY = re.compile(r"(https?://[^\s?#]*)[?#]\S*", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        clean = self._HEADER.sub(r"\1 [hidden]", text)
+        clean = self._QUERY.sub(r"\1?[hidden]", self._USERINFO.sub(r"\1", clean))
+        if clean != text:
+            record.msg, record.args = clean, None
+        return True
+
+
+_curl_log = logging.getLogger("tornado.curl_httpclient")
+if not any(isinstance(f, _RedactCurlLog) for f in _curl_log.filters):
+    _curl_log.addFilter(_RedactCurlLog())
 
 
 def _safe_url(url: str) -> str:
@@ -124,29 +160,72 @@ class OutpostClient:
         self.request_limit = request_limit
         self._start_slots = asyncio.Semaphore(start_limit)
         self._request_slots = asyncio.Semaphore(request_limit)
-        try:
-            from tornado.curl_httpclient import CurlAsyncHTTPClient
-
-            impl: type[AsyncHTTPClient] = CurlAsyncHTTPClient
-        except ImportError:  # pragma: no cover - pycurl is a dependency
-            impl = AsyncHTTPClient
-            _log.warning("pycurl is not installed: Outpost connections are not kept alive")
-        self.http = impl(
+        self.http = CurlAsyncHTTPClient(
             force_instance=True,
             max_clients=start_limit + request_limit,
             defaults=dict(defaults or {}),
         )
+        self._driver = CurlDriver(self._loop, maxconnects=start_limit + request_limit)
+        #: requests sent with ``reuse``: their prepared handle (None: not reusable)
+        self._prepared: weakref.WeakKeyDictionary[HTTPRequest, PreparedRequest | None] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def close(self) -> None:
+        if self._driver is not None:
+            self._driver.close()
+        for prepared in list(self._prepared.values()):
+            if prepared is not None:
+                prepared.close()
+        self._prepared.clear()
         self.http.close()
 
+    def _prepared_for(self, request: HTTPRequest) -> PreparedRequest | None:
+        try:
+            return self._prepared[request]
+        except KeyError:
+            pass
+        try:
+            prepared = prepare(self.http, request)  # type: ignore[arg-type]
+        except Exception:
+            # tornado answers such a request (a CR in a header ...) with a 599: let it
+            prepared = None
+        self._prepared[request] = prepared
+        return prepared
+
+    async def _send(
+        self, request: HTTPRequest, reuse: bool
+    ) -> tuple[int, bytes | None, BaseException | None]:
+        """``(status, body, error)``; the body is ``None`` when no answer came."""
+        prepared = self._prepared_for(request) if reuse else None
+        if prepared is not None and not prepared.busy:
+            try:
+                code, body = await self._driver.send(prepared, self.http.max_body_size)
+            except CurlError as e:
+                return 599, None, e
+            return code, body, None
+        try:
+            resp: HTTPResponse = await self.http.fetch(request, raise_error=False)
+        except HTTPClientError as e:  # raised only for 599-like failures
+            return getattr(e, "code", 599), None, e
+        except OSError as e:
+            return 599, None, e
+        return resp.code, resp.body, resp.error
+
     async def fetch(
-        self, action: str, request: HTTPRequest, *, logger: logging.Logger | None = None
+        self,
+        action: str,
+        request: HTTPRequest,
+        *,
+        logger: logging.Logger | None = None,
+        reuse: bool = False,
     ) -> Response:
         """Send a request and map the answer.
 
         :param action: ``start``, ``poll``, ``stop`` ... (for logs, errors and metrics)
         :param logger: where to log (the spawner passes JupyterHub's logger)
+        :param reuse: ``request`` will be sent again as it is (a poll): keep it set
+            up on a handle of its own; do not change it after the first send
         :returns: the answer of a 2xx with its JSON body (``None`` for an empty body)
         :raises OutpostError: for any other answer, a connection failure or a
             timeout, with ``code`` the HTTP status (599 without an answer) and a
@@ -156,15 +235,7 @@ class OutpostClient:
         slots = self._start_slots if action == "start" else self._request_slots
         async with slots:
             tic = time.perf_counter()
-            try:
-                resp: HTTPResponse = await self.http.fetch(request, raise_error=False)
-            except HTTPClientError as e:  # raised only for 599-like failures
-                resp = e.response  # type: ignore[assignment]
-                code, error = getattr(e, "code", 599), e
-            except OSError as e:
-                resp, code, error = None, 599, e  # type: ignore[assignment]
-            else:
-                code, error = resp.code, resp.error
+            code, body, error = await self._send(request, reuse)
             elapsed = time.perf_counter() - tic
         for observer in observers:
             try:
@@ -173,11 +244,11 @@ class OutpostClient:
                 _log.exception("Outpost request observer failed")
         if 200 <= code < 300 and not debug_enabled(log):
             # the common case, e.g. hundreds of polls a second: nothing more to log
-            return _parse_success(action, request, resp, code)
+            return _parse_success(action, request, body, code)
         url = _safe_url(request.url)
         log.debug("%s %s %s -> %s in %.3fs", action, request.method, url, code, elapsed)
 
-        if resp is None or code == 599:
+        if body is None or code == 599:
             reason = str(error) if error else "no answer"
             # the details (libcurl's wording, the Outpost's address) go to the log only
             lowered = reason.lower()
@@ -196,11 +267,11 @@ class OutpostClient:
                 log_message=f"{action} {request.method} {url} failed: {reason}",
             )
         if 200 <= code < 300:
-            return _parse_success(action, request, resp, code)
-        text = resp.body.decode("utf8", "replace") if resp.body else ""
+            return _parse_success(action, request, body, code)
+        text = body.decode("utf8", "replace") if body else ""
         try:
             body = json.loads(text) if text.strip() else None
-        except ValueError:
+        except (ValueError, RecursionError):
             body = _INVALID
         if code == 419:
             remote, tb = remote_error_text(body)
@@ -225,11 +296,11 @@ class OutpostClient:
 _INVALID = object()
 
 
-def _parse_success(action: str, request: HTTPRequest, resp: HTTPResponse, code: int) -> Response:
-    text = resp.body.decode("utf8", "replace") if resp.body else ""
+def _parse_success(action: str, request: HTTPRequest, body: bytes, code: int) -> Response:
+    text = body.decode("utf8", "replace") if body else ""
     try:
         return Response(code, json.loads(text) if text.strip() else None)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         raise OutpostError(
             action,
             code,

@@ -21,7 +21,7 @@ from .flavors import spawn as flavor_checks
 from .flavors.service import authentication
 from .forward import ForwardBaseSpawner
 from .names import expand_template
-from .outpost import get_client
+from .outpost import Response, get_client
 from .traits_outpost import OutpostTraits
 
 _MAX_LOG_LINES = 200
@@ -46,6 +46,30 @@ def _logs(v: Any) -> list[str]:
     if not isinstance(v, list):
         return []
     return [str(line) for line in v[-_MAX_LOG_LINES:]]
+
+
+def check_poll_answer(resp: Response) -> dict:
+    """A poll answer's body: an object whose ``status`` is ``None`` (running) or an
+    exit code.
+
+    :raises OutpostError: for anything else
+    """
+    body = resp.body
+    if not isinstance(body, dict):
+        problem = "is not a JSON object"
+    elif "status" not in body:
+        problem = "has no status"
+    else:
+        status = body["status"]
+        if status is None or type(status) is int:
+            return body
+        problem = f"status has type {type(status).__name__}"
+    raise OutpostError(
+        "poll",
+        resp.code,
+        "The Outpost sent an invalid poll answer.",
+        log_message=f"poll answer {problem}",
+    )
 
 
 def _read_text(path: str) -> str:
@@ -340,23 +364,8 @@ class OutpostSpawner(OutpostTraits, ForwardBaseSpawner):
         else:
             req = self._make_request("request_kwargs", url, "GET", headers, kwargs)
             self._poll_request = (self._request, url, req)
-        resp = await self._http_client().fetch("poll", req, logger=self.log)
-        body = resp.body
-        if not isinstance(body, dict):
-            raise OutpostError(
-                "poll",
-                resp.code,
-                "The Outpost sent an invalid poll answer.",
-                log_message="poll answer is not a JSON object",
-            )
-        status = body.get("status")
-        if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
-            raise OutpostError(
-                "poll",
-                resp.code,
-                "The Outpost sent an invalid poll answer.",
-                log_message=f"poll answer status has type {type(status).__name__}",
-            )
+        resp = await self._http_client().fetch("poll", req, logger=self.log, reuse=True)
+        body = check_poll_answer(resp)
         if self.collect_logs_polling and "logs" in body:
             self.logs = _logs(body["logs"])
         return body

@@ -13,9 +13,23 @@ import os
 
 import pytest
 import pytest_asyncio
+from hypothesis import HealthCheck, settings
 
 from outpostspawner import k8s
 from outpostspawner.testing.fake_k8s import FakeKubernetes
+
+# Hypothesis: a fixed seed and a bounded number of examples in CI (the default);
+# HYPOTHESIS_PROFILE=long for a search of many more
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("long", max_examples=5000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_report_header(config):

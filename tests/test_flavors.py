@@ -72,8 +72,12 @@ def test_long_texts_are_cut_and_credits_bounded():
 def test_user_view_keeps_the_shared_usage():
     shared = {"a": {"small": {"max": 4, "current": 3}}, "b": {"big": {"max": 1, "current": 0}}}
     view = user_view(shared, {"a": {"small": {"max": 10, "current": 0}}, "b": False})
-    assert view == {"a": {"small": {"max": 10, "current": 3}}}
+    assert list(view) == ["a"] and list(view["a"]) == ["small"]
+    assert (view["a"]["small"]["max"], view["a"]["small"]["current"]) == (10, 3)
     assert shared["a"]["small"]["max"] == 4
+    # per-user flavors are validated as the shared ones: a malformed system is ignored
+    view = user_view(shared, {"a": {"small": {"max": "lots"}}, "b": {"big": "x"}})
+    assert view == shared
 
 
 FLAVORS = {

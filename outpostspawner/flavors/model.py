@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 MAX_FLAVORS = 200
 MAX_TEXT = 1000
@@ -119,7 +122,11 @@ def user_view(shared: dict[str, dict], per_user: Any) -> dict[str, dict]:
         if flavors is False:
             result.pop(system, None)
         elif isinstance(flavors, dict):
-            mine = copy.deepcopy(flavors)
+            try:
+                mine = parse_flavors(flavors)  # a copy
+            except FlavorError as e:
+                log.warning("per-user flavors of %s ignored: %s", system, e)
+                continue
             usage = shared.get(system, {})
             for name, flavor in mine.items():
                 counted = usage.get(name)

@@ -66,7 +66,7 @@ def check_host(value: Any, what: str = "SSH node") -> str:
     except ValueError:
         pass
     name = host[:-1] if host.endswith(".") else host
-    if len(name) > 253 or not name or not all(_LABEL.match(p) for p in name.split(".")):
+    if len(name) > 253 or not name or not all(_LABEL.fullmatch(p) for p in name.split(".")):
         raise ConfigError(f"{what} {value!r} is not a valid hostname or IP address")
     return name.lower()
 
@@ -93,7 +93,7 @@ def check_port(value: Any, what: str = "port", *, allow_zero: bool = False) -> i
 
 
 def check_username(value: Any, what: str = "SSH username") -> str:
-    if not isinstance(value, str) or not _USER.match(value):
+    if not isinstance(value, str) or not _USER.fullmatch(value):
         raise ConfigError(f"{what} {value!r} is not a valid user name")
     return value
 
@@ -109,7 +109,7 @@ def check_path(value: Any, what: str = "SSH key") -> str:
 
 
 def check_forward_id(value: Any) -> str:
-    if not isinstance(value, str) or not _FORWARD_ID.match(value):
+    if not isinstance(value, str) or not _FORWARD_ID.fullmatch(value):
         raise ConfigError(f"forward id {value!r} is invalid")
     return value
 
@@ -142,7 +142,7 @@ def _algorithms(name: str, value: str) -> str:
             "'+', '-' and '^' prefixes are not supported"
         )
     for a in names:
-        if not _ALGORITHM.match(a):
+        if not _ALGORITHM.fullmatch(a):
             raise ConfigError(f"SSH option {name}: invalid algorithm name {a!r}")
     return ",".join(names)
 

@@ -52,7 +52,7 @@ def is_dns_label(name: str) -> bool:
     """Whether ``name`` is a DNS-1035 label, as Service names must be: lower-case
     letters, digits and ``-``, starting with a letter, ending with a letter or a
     digit, at most 63 characters."""
-    return len(name) <= DNS_LABEL_MAX and bool(_DNS_1035.match(name))
+    return len(name) <= DNS_LABEL_MAX and bool(_DNS_1035.fullmatch(name))
 
 
 def dns_label(name: str) -> str:
@@ -77,7 +77,7 @@ def is_label_value(value: str) -> bool:
     """Whether ``value`` is a valid label value: empty, or at most 63
     characters of letters, digits, ``-``, ``_`` and ``.``, with a letter or digit
     at both ends."""
-    return len(value) <= LABEL_VALUE_MAX and bool(_LABEL_VALUE.match(value))
+    return len(value) <= LABEL_VALUE_MAX and bool(_LABEL_VALUE.fullmatch(value))
 
 
 def label_value(value: str) -> str:
@@ -102,10 +102,13 @@ def check_label_key(key: str) -> str:
     """
     prefix, sep, name = key.rpartition("/")
     if sep and (
-        not prefix or len(prefix) > 253 or not _DNS_1123_SUBDOMAIN.match(prefix) or "/" in prefix
+        not prefix
+        or len(prefix) > 253
+        or not _DNS_1123_SUBDOMAIN.fullmatch(prefix)
+        or "/" in prefix
     ):
         raise ValueError(f"label key {key!r}: the prefix must be a DNS subdomain")
-    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+    if not name or len(name) > 63 or not _LABEL_NAME.fullmatch(name):
         raise ValueError(
             f"label key {key!r}: the name must be 1-63 letters, digits, '-', '_' or '.', "
             "starting and ending with a letter or digit"

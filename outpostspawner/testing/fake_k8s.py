@@ -132,11 +132,11 @@ def _label_problems(labels: Any) -> list[str]:
     problems = []
     for key, value in labels.items():
         prefix, sep, name = str(key).rpartition("/")
-        if (sep and (not prefix or len(prefix) > 253 or not _SUBDOMAIN.match(prefix))) or (
-            not name or len(name) > 63 or not _LABEL_NAME.match(name)
+        if (sep and (not prefix or len(prefix) > 253 or not _SUBDOMAIN.fullmatch(prefix))) or (
+            not name or len(name) > 63 or not _LABEL_NAME.fullmatch(name)
         ):
             problems.append(f"metadata.labels: Invalid value: {key!r}: invalid label key")
-        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
             problems.append(f"metadata.labels: Invalid value: {value!r}: invalid label value")
     return problems
 
@@ -149,7 +149,7 @@ def _validate_service(body: Any) -> None:
     meta = body.get("metadata") or {}
     name = meta.get("name", "")
     problems = []
-    if not isinstance(name, str) or len(name) > 63 or not _DNS_1035.match(name):
+    if not isinstance(name, str) or len(name) > 63 or not _DNS_1035.fullmatch(name):
         problems.append(f"metadata.name: Invalid value: {name!r}: a DNS-1035 label is required")
     problems += _label_problems(meta.get("labels"))
     annotations = meta.get("annotations") or {}
