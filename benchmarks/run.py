@@ -1067,12 +1067,17 @@ class Run:
         try:
             await self.start_outpost()
             await self.start_hub()
-            idle = await self.sample_cpu(self.args.idle_seconds)
+            # the Hub's API with no servers: the floor the polling figures compare to
+            idle, idle_api = await asyncio.gather(
+                self.sample_cpu(self.args.idle_seconds), self.api_latency(self.args.idle_seconds)
+            )
             await self.create_users()
             log(f"{self.env.package}: starting {self.args.n} servers")
             await self.spawn_all()
             await self.steady_state()
             self.result.steady["idle_hub_cpu_percent"] = idle["hub_cpu_percent"]
+            for key in ("api_p50_ms", "api_p95_ms", "api_max_ms"):
+                self.result.steady[f"idle_{key}"] = idle_api[key]
             log(f"{self.env.package}: stopping all servers")
             await self.stop_all()
             await self.leftovers()
@@ -1130,6 +1135,9 @@ METRICS = {
     "proxy_cpu_percent": ("steady", "proxy_cpu_percent"),
     "outpost_cpu_percent": ("steady", "outpost_cpu_percent"),
     "hub_rss_mib": ("steady", "hub_rss_mib"),
+    "idle_api_p50_ms": ("steady", "idle_api_p50_ms"),
+    "idle_api_p95_ms": ("steady", "idle_api_p95_ms"),
+    "idle_api_max_ms": ("steady", "idle_api_max_ms"),
     "api_p50_ms": ("steady", "api_p50_ms"),
     "api_p95_ms": ("steady", "api_p95_ms"),
     "api_max_ms": ("steady", "api_max_ms"),
@@ -1240,6 +1248,8 @@ def table(summary: dict[str, dict[str, Any]], cmp: dict[str, Any]) -> str:
         ("proxy / Outpost CPU (% of a core)", lambda s: "{} / {}".format(
             metric("proxy_cpu_percent")(s), metric("outpost_cpu_percent")(s))),
         ("Hub RSS (MiB)", metric("hub_rss_mib")),
+        ("Hub API idle, no servers, p50 / p95 / max (ms)", lambda s: "{} / {} / {}".format(
+            metric("idle_api_p50_ms")(s), metric("idle_api_p95_ms")(s), metric("idle_api_max_ms")(s))),
         ("Hub API while polling, p50 / p95 / max (ms)", lambda s: "{} / {} / {}".format(
             metric("api_p50_ms")(s), metric("api_p95_ms")(s), metric("api_max_ms")(s))),
         ("Hub event-loop lag while polling, p50 / p95 / max (ms)", lambda s: "{} / {} / {}".format(
@@ -1312,7 +1322,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--settle", type=float, default=5.0, help="wait after all-ready before measuring, s"
     )
-    p.add_argument("--idle-seconds", type=float, default=5.0, help="idle Hub CPU window, s")
+    p.add_argument(
+        "--idle-seconds", type=float, default=10.0, help="idle Hub CPU and API window, s"
+    )
     p.add_argument("--concurrency", type=int, default=300, help="REST requests in flight at once")
     p.add_argument(
         "--check-interval",

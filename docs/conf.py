@@ -25,6 +25,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "autodoc_traits",
     "sphinx_copybutton",
+    "sphinxcontrib.openapi",
 ]
 
 # intersphinx downloads inventories at build time; only on request

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from jupyterhub import apihandlers
+from openapi_spec_validator import validate
 from tornado import web
 
 from outpostspawner.handlers import handlers
@@ -66,3 +67,23 @@ def test_every_operation_lists_its_answers():
                 codes = set(operation.get("responses", {}))
                 assert codes, f"{method.upper()} {path} lists no answers"
                 assert any(c.startswith("2") for c in codes), f"{method.upper()} {path}"
+
+
+def test_the_document_is_valid_openapi():
+    validate(document())
+
+
+def test_no_value_lost_to_yaml_flow_syntax():
+    """``{description: a, b}`` is two keys in YAML: the second has no value."""
+
+    def nulls(node, where):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if value is None and key != "nullable":
+                    yield f"{where}/{key}"
+                yield from nulls(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                yield from nulls(value, f"{where}/{i}")
+
+    assert list(nulls(document(), "")) == []
