@@ -77,6 +77,21 @@ if s.get("lag_file"):
 
     _lag_out = open(s["lag_file"], "a", buffering=1)  # noqa: SIM115 - open while the Hub runs
 
+    import gc
+
+    # the garbage collector's pauses, [generation, ms], flushed with the lag samples
+    _gc_pauses = []
+    _gc_started = [0.0]
+
+    def _gc_timer(phase, info):
+        if phase == "start":
+            _gc_started[0] = time.perf_counter()
+        else:
+            ms = (time.perf_counter() - _gc_started[0]) * 1000
+            _gc_pauses.append([info["generation"], round(ms, 3)])
+
+    gc.callbacks.append(_gc_timer)
+
     async def _lag_probe(out, interval=0.01):
         loop = asyncio.get_running_loop()
         samples = []
@@ -87,7 +102,9 @@ if s.get("lag_file"):
             samples.append(round(max(0.0, loop.time() - t - interval) * 1000, 3))
             now = time.time()
             if now - flushed >= 1:
-                line = json.dumps({"t": now, "lag_ms": samples}) + "\n"
+                pauses = _gc_pauses[:]
+                del _gc_pauses[: len(pauses)]
+                line = json.dumps({"t": now, "lag_ms": samples, "gc_ms": pauses}) + "\n"
                 await asyncio.to_thread(out.write, line)
                 samples, flushed = [], now
 

@@ -862,12 +862,24 @@ class Run:
         """The Hub's event-loop lag between two wall-clock times (``lag.jsonl``)."""
         text = (await asyncio.to_thread(_read_bytes, self.dir / "lag.jsonl")).decode()
         samples: list[float] = []
+        pauses: list[float] = []
+        full: list[float] = []
         for line in text.splitlines():
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 entry = json.loads(line)
                 if since <= entry["t"] - 1 and entry["t"] <= until:
                     samples.extend(entry["lag_ms"])
+                    for generation, ms in entry.get("gc_ms", []):
+                        pauses.append(ms)
+                        if generation == 2:
+                            full.append(ms)
+        seconds = max(until - since, 1e-9)
         return {
+            "gc_per_s": rnd(len(pauses) / seconds, 3),
+            "gc_ms_per_s": rnd(sum(pauses) / seconds, 3),
+            "gc_max_ms": rnd(max(pauses), 3) if pauses else None,
+            "gc_full_per_s": rnd(len(full) / seconds, 3),
+            "gc_full_ms": rnd(percentile(full, 0.5), 3),
             "lag_samples": len(samples),
             "lag_p50_ms": rnd(percentile(samples, 0.5), 3),
             "lag_p95_ms": rnd(percentile(samples, 0.95), 3),
@@ -1141,6 +1153,11 @@ METRICS = {
     "api_p50_ms": ("steady", "api_p50_ms"),
     "api_p95_ms": ("steady", "api_p95_ms"),
     "api_max_ms": ("steady", "api_max_ms"),
+    "gc_per_s": ("steady", "gc_per_s"),
+    "gc_ms_per_s": ("steady", "gc_ms_per_s"),
+    "gc_max_ms": ("steady", "gc_max_ms"),
+    "gc_full_per_s": ("steady", "gc_full_per_s"),
+    "gc_full_ms": ("steady", "gc_full_ms"),
     "lag_p50_ms": ("steady", "lag_p50_ms"),
     "lag_p95_ms": ("steady", "lag_p95_ms"),
     "lag_max_ms": ("steady", "lag_max_ms"),
@@ -1254,6 +1271,10 @@ def table(summary: dict[str, dict[str, Any]], cmp: dict[str, Any]) -> str:
             metric("api_p50_ms")(s), metric("api_p95_ms")(s), metric("api_max_ms")(s))),
         ("Hub event-loop lag while polling, p50 / p95 / max (ms)", lambda s: "{} / {} / {}".format(
             metric("lag_p50_ms")(s), metric("lag_p95_ms")(s), metric("lag_max_ms")(s))),
+        ("Hub GC while polling: collections/s, ms/s, longest (ms)", lambda s: "{} / {} / {}".format(
+            metric("gc_per_s")(s), metric("gc_ms_per_s")(s), metric("gc_max_ms")(s))),
+        ("Hub full GC while polling: per s, median (ms)", lambda s: "{} / {}".format(
+            metric("gc_full_per_s")(s), metric("gc_full_ms")(s))),
         ("other processes' CPU, spawn / steady (%)", lambda s: "{} / {}".format(
             metric("other_cpu_percent_spawn")(s), metric("other_cpu_percent_steady")(s))),
         ("runs in the medians (disturbed runs left out)", lambda s: "{} ({})".format(
