@@ -25,6 +25,7 @@ import base64
 import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -777,6 +778,7 @@ class Run:
             "first_ready_s": rnd(min(ready)) if ready else None,
             "median_ready_s": rnd(statistics.median(ready)) if ready else None,
             "p90_ready_s": rnd(percentile(ready, 0.9)),
+            "ready_times_s": sorted(rnd(t) for t in ready),  # for the plot
             "ready": len(ready),
             "failed": len(failed),
             "start_answers": codes,
@@ -1463,6 +1465,18 @@ async def main_async(args: argparse.Namespace) -> int:
     print()
     print(table(summary, cmp))
     print(f"\nwritten: {args.results}; logs under {work}/<package>/")
+    if importlib.util.find_spec("matplotlib") is None:
+        print("no plot: matplotlib is not installed (the bench extra)")
+    else:
+        import plot  # benchmarks/plot.py, next to this file
+
+        figure = await asyncio.to_thread(
+            plot.plot,
+            plot.load([Path(args.results)]),
+            Path(args.results).with_suffix(".png"),
+            plot.request_cost(),
+        )
+        print(f"written: {figure}")
     return 0 if all(r.ok for r in results) else 1
 
 

@@ -47,3 +47,8 @@ def test_spawn_benchmark_smoke_run(tmp_path):
     for figure in ("hub_cpu_percent", "api_p95_ms", "lag_p95_ms", "outpost_polls_per_s"):
         assert isinstance(steady[figure], int | float), (figure, steady)
     assert steady["api_errors"] == 0 and steady["lag_samples"] > 0
+    # the ready times for the plot, and the plot (matplotlib is in the bench extra)
+    times = run["spawn"]["ready_times_s"]
+    assert len(times) == 5 and times == sorted(times)
+    figure = results.with_suffix(".png")
+    assert figure.read_bytes().startswith(b"\x89PNG"), proc.stdout[-2000:]
