@@ -29,11 +29,12 @@ import sys
 
 from tornado.netutil import bind_unix_socket
 
+from .client import TOKEN_ENV
 from .core import Forwarder, ForwarderSettings
 from .options import STRICT_MODES
 from .server import make_server
 
-TOKEN_ENV = "OUTPOSTSPAWNER_FORWARDER_TOKEN"
+__all__ = ["TOKEN_ENV", "main"]
 log = logging.getLogger("outpostspawner.forwarder")
 
 

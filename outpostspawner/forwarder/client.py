@@ -17,6 +17,9 @@ from urllib.parse import quote, urlsplit
 
 from .errors import ForwardError, ForwarderUnavailable
 
+#: the environment variable a supervised forwarder reads its bearer token from
+TOKEN_ENV = "OUTPOSTSPAWNER_FORWARDER_TOKEN"
+
 #: the largest answer accepted (the list of a few thousand forwards is ~2 MB)
 MAX_ANSWER = 64 * 1024 * 1024
 #: requests at once per client (more wait for a free connection)

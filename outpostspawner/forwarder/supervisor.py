@@ -33,8 +33,7 @@ from dataclasses import dataclass
 
 from .. import metrics
 from ..processes import stop_process
-from .app import TOKEN_ENV
-from .client import ForwarderClient
+from .client import TOKEN_ENV, ForwarderClient
 from .errors import ForwardError, ForwarderUnavailable
 
 log = logging.getLogger("outpostspawner.forwarder.supervisor")
